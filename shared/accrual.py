@@ -1,0 +1,173 @@
+"""One accrual of usage, worked out before Redis sees it, and the scripts that apply it.
+
+``plan_accrual`` validates and prices one response's usage and lays out the Redis work
+``shared.accounting`` carries out; ``ACCRUE`` is the call-slot script (the once-per-
+response guard, the call's counters, the record's ``usage`` and exact ``cost_usd``),
+``MARK`` the once-per-call guard of outcome counters. Pure: talks to nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from shared import keys
+from shared.errors import CallNotFound
+from shared.pricing import Cost, PriceTable, cost_of_tokens, token_counts
+from shared.usage_totals import check_label, outcome_field, token_fields
+
+# KEYS: record, counted, usage. ARGV: ttl, response id, cost (plain decimal string),
+# record usage increments as JSON, pending takeover age (s), then (field, count) pairs for
+# the usage hash. Reply: {status, cost_usd of the call}; status -1 no call, 0 counted
+# before, 1 new, 2 a stale pending mark taken over (the cluster counters are due).
+ACCRUE = """
+local function dec_add(a, b)
+  local ai, af = string.match(a, '^(%d+)%.?(%d*)$')
+  local bi, bf = string.match(b, '^(%d+)%.?(%d*)$')
+  if not ai or not bi then return redis.error_reply('cost is not a plain decimal') end
+  local n = math.max(#af, #bf)
+  local x = ai .. af .. string.rep('0', n - #af)
+  local y = bi .. bf .. string.rep('0', n - #bf)
+  local m = math.max(#x, #y)
+  x = string.rep('0', m - #x) .. x
+  y = string.rep('0', m - #y) .. y
+  local out, carry = {}, 0
+  for i = m, 1, -1 do
+    local s = string.byte(x, i) + string.byte(y, i) - 96 + carry
+    out[i] = s % 10
+    carry = math.floor(s / 10)
+  end
+  local digits = table.concat(out)
+  if carry > 0 then digits = carry .. digits end
+  local int = string.sub(digits, 1, #digits - n)
+  local frac = string.gsub(string.sub(digits, #digits - n + 1), '0+$', '')
+  int = string.gsub(int, '^0+', '')
+  if int == '' then int = '0' end
+  if frac == '' then return int end
+  return int .. '.' .. frac
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
+local now = tonumber(redis.call('TIME')[1])
+local seen = redis.call('HGET', KEYS[2], ARGV[2])
+if seen then
+  local status = 0
+  local since = tonumber(string.match(seen, '^pending:(%d+)$'))
+  -- Only a pending mark older than any live writer's gap between the steps is taken over.
+  if since and now - since >= tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[2], ARGV[2], 'pending:' .. now)
+    status = 2
+  end
+  return {status, redis.call('HGET', KEYS[1], 'cost_usd') or '0'}
+end
+-- Everything that can fail comes before the first write: scripts do not roll back.
+local cost = dec_add(redis.call('HGET', KEYS[1], 'cost_usd') or '0', ARGV[3])
+if type(cost) == 'table' then return cost end
+local usage = cjson.decode(redis.call('HGET', KEYS[1], 'usage') or '{}')
+if type(usage) ~= 'table' then usage = {} end
+for name, count in pairs(cjson.decode(ARGV[4])) do
+  usage[name] = (tonumber(usage[name]) or 0) + count
+end
+for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'usage', cjson.encode(usage), 'cost_usd', cost)
+redis.call('HSET', KEYS[2], ARGV[2], 'pending:' .. now)
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+return {1, cost}
+"""
+
+# KEYS: counted. ARGV: ttl, marker. Reply: 1 if the marker is new.
+MARK = """
+local new = redis.call('HSETNX', KEYS[1], ARGV[2], '1')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return new
+"""
+
+MAX_RESPONSE_ID_LEN = 256
+PENDING_TAKEOVER_S = keys.LEASE_TTL_S
+"""A response still pending after this was left by a dead process: a replay finishes it.
+
+The steps are one round trip apart in a live process; a replay by another runner comes
+no sooner than a lease expiry after the first runner stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accrual:
+    """What one ``accrue`` did: whether it counted, the response's cost, the call's total."""
+
+    counted: bool
+    """False when the response id had been counted before (nothing added this time)."""
+    cost: Cost
+    call_cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class AccrualPlan:
+    """One accrual's Redis work, computed (and validated) before anything is written."""
+
+    call_id: str
+    response_id: str
+    cost: Cost
+    script_keys: tuple[str, str, str]
+    script_args: tuple[Any, ...]
+    stats_keys: tuple[str, ...]
+    counters: tuple[tuple[str, int], ...]
+
+
+def plan_accrual(
+    call_id: str,
+    profile: str | None,
+    model: str,
+    response_id: str,
+    usage: Mapping[str, Any],
+    table: PriceTable,
+    pending_takeover_s: int = PENDING_TAKEOVER_S,
+) -> AccrualPlan:
+    """``pending_takeover_s``: how old a pending mark must be to be taken over; 0 when the
+    caller may itself have left it (a retry after a lost reply or a failed step 2)."""
+    if not isinstance(response_id, str) or not 0 < len(response_id) <= MAX_RESPONSE_ID_LEN:
+        raise ValueError(f"response id must be a non-empty string, got {response_id!r}")
+    check_label(model, "model")
+    stats = [keys.STATS]
+    if profile is not None:
+        stats.append(keys.stats_profile(check_label(profile, "profile")))
+    tokens = token_counts(usage)
+    cost = cost_of_tokens(tokens, model, table)
+    counters = tuple(token_fields(model, tokens))
+    script_args: tuple[Any, ...] = (
+        keys.CALL_TTL_S,
+        response_id,
+        format(cost.total_usd, "f"),
+        orjson.dumps(tokens.as_dict()),
+        pending_takeover_s,
+        *(part for pair in counters for part in pair),
+    )
+    script_keys = (keys.call_record(call_id), keys.call_counted(call_id), keys.call_usage(call_id))
+    return AccrualPlan(call_id, response_id, cost, script_keys, script_args, tuple(stats), counters)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def accrual_result(plan: AccrualPlan, reply: list[Any]) -> tuple[Accrual, bool]:
+    """The result, and whether the cluster counters still need this response."""
+    status, total = int(reply[0]), _text(reply[1])
+    if status == -1:
+        raise CallNotFound(
+            f"no such call {plan.call_id!r}: usage of {plan.response_id} not counted"
+        )
+    return Accrual(status == 1, plan.cost, Decimal(total)), status in (1, 2)
+
+
+def outcome_counter(
+    outcome: str, profile: str | None, reason: str | None
+) -> tuple[str, list[str], str]:
+    """The counter, the hashes it lives in, and the once-per-call marker of an outcome."""
+    name = outcome_field(outcome, reason)
+    stats = [keys.STATS]
+    if profile is not None:
+        stats.append(keys.stats_profile(check_label(profile, "profile")))
+    return name, stats, f"outcome|{outcome}"

@@ -1,0 +1,290 @@
+"""``workers.actions`` in-process against the emulator and a real Redis (no Celery here).
+
+The Celery worker tests cover the same paths end to end; these check each branch and
+its records precisely, including the ones that are slow to provoke through a worker
+(REST deadline, resuming a half-done task, an "already accepted" answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from shared import keys
+from shared.errors import InvalidRequest
+from shared.models import CallState
+from shared.policy_file import PolicySource
+from shared.realtime_client import ClientConfig, RealtimeClient
+from shared.retry import Backoff
+from shared.store import CallStore
+from tests.support.control import create_incoming, policy_text, write_policy
+from tests.support.emulator import EmulatorHandle, running_emulator
+from workers import actions
+from workers.actions import Control, Outcome
+from workers.admission import Admission
+from workers.policy import CallFacts
+from workers.session_body import session_body
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[EmulatorHandle]:
+    with running_emulator(time_scale=0.05) as handle:
+        yield handle
+
+
+@pytest.fixture
+def policy_path(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    write_policy(path, policy_text())
+    return path
+
+
+@pytest.fixture
+def ctl(emu: EmulatorHandle, redis_client: redis.Redis, policy_path: Path) -> Iterator[Control]:
+    emu.set_faults(rest_5xx_rate=0.0, rest_429_rate=0.0)
+    config = ClientConfig(deadline_s=0.5, backoff=Backoff(base_s=0.02, max_s=0.1))
+    control = Control(
+        redis=redis_client,
+        store=CallStore(redis_client),
+        admission=Admission(redis_client),
+        realtime=RealtimeClient(emu.api_url, emu.api_key, config=config),
+        policies=PolicySource(policy_path),
+    )
+    try:
+        yield control
+    finally:
+        control.realtime.close()
+
+
+def incoming(ctl: Control, emu: EmulatorHandle, **kwargs: str) -> str:
+    scenario = kwargs.pop("scenario", "quick-question")
+    call_id = emu.place_call(scenario=scenario, **kwargs)
+    create_incoming(
+        ctl.store, call_id, kwargs.get("from_", "+14155550100"), kwargs.get("to", "+18005550100")
+    )
+    return call_id
+
+
+def test_an_accepted_call_is_handed_to_the_runners(ctl: Control, emu: EmulatorHandle) -> None:
+    call_id = incoming(ctl, emu)
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
+
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert record.state is CallState.ACCEPTING
+    assert record.profile == "support"
+    assert record.accepted_at is not None
+    extra = record.model_extra or {}
+    assert extra["route_claim"] == "task-1"
+    assert extra["route"] == "everyone else"
+    assert extra["greeting"] == "Hello +14155550100, how can I help?"
+    assert ctl.redis.lrange(keys.PENDING_CALLS, 0, -1) == [call_id]
+    assert [h.call_id for h in ctl.admission.holders()] == [call_id]
+
+    truth = emu.call(call_id, events=False)
+    policy = ctl.policies.current()
+    expected = session_body(
+        "support", policy.profiles["support"], policy, CallFacts.from_record(record)
+    )
+    assert truth["state"] == "active"
+    assert truth["accept"] == expected
+    assert truth["defects"] == []
+
+
+def test_another_task_for_the_same_call_does_nothing(ctl: Control, emu: EmulatorHandle) -> None:
+    call_id = incoming(ctl, emu)
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
+    assert actions.route_call(ctl, call_id, claim="task-2").outcome is Outcome.DUPLICATE
+    assert ctl.redis.llen(keys.PENDING_CALLS) == 1
+
+
+def test_the_same_task_run_again_resumes_without_a_second_accept(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu)
+    actions.route_call(ctl, call_id, claim="task-1")
+    # A redelivery after a crash between hand-over and ack: hand over again, accept once.
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
+    assert ctl.redis.lrange(keys.PENDING_CALLS, 0, -1) == [call_id, call_id]
+    assert emu.call(call_id, events=False)["state"] == "active"
+
+
+def test_an_accept_that_went_through_before_a_lost_answer_counts(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu)
+    # Our first attempt reached the API but its answer was lost; the retry hears 409.
+    answer = httpx.post(
+        f"{emu.api_url}/realtime/calls/{call_id}/accept",
+        json={"type": "realtime"},
+        headers={"Authorization": f"Bearer {emu.api_key}"},
+    )
+    assert answer.status_code == 200
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
+    assert ctl.redis.lrange(keys.PENDING_CALLS, 0, -1) == [call_id]
+
+
+def test_a_reject_that_went_through_before_the_task_was_cut_off_counts(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu, from_="+15550006660")
+    ctl.realtime.reject(call_id, 603)  # the run that did this died before recording it
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.REJECTED
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.reject_code) == (CallState.REJECTED, 603)
+
+
+def test_every_run_notes_its_worker_and_time_for_recovery(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    assert ctl.policies.path is not None
+    write_policy(ctl.policies.path, policy_text(max_calls=0, max_wait_s=30))
+    call_id = incoming(ctl, emu)
+    assert actions.route_call(ctl, call_id, "task-1", "w1@host").outcome is Outcome.WAITING
+    assert actions.route_call(ctl, call_id, "task-2", "w2@host").outcome is Outcome.DUPLICATE
+    first = ctl.store.get(call_id)
+    assert first is not None
+    assert (first.model_extra or {})["route_worker"] == "w1@host"
+    assert actions.route_call(ctl, call_id, "task-1", "w3@host").outcome is Outcome.WAITING
+    again = ctl.store.get(call_id)
+    assert again is not None
+    extra, before = again.model_extra or {}, first.model_extra or {}
+    assert (extra["route_claim"], extra["route_worker"]) == ("task-1", "w3@host")
+    assert float(extra["route_run_at"]) >= float(before["route_run_at"])
+
+
+def test_a_missing_record_is_left_alone(ctl: Control) -> None:
+    assert actions.route_call(ctl, "rtc_unknown", claim="t").outcome is Outcome.MISSING
+
+
+@pytest.mark.parametrize(
+    ("caller", "called", "code", "reason"),
+    [
+        ("+15550006660", "+18005550100", 603, "blocked"),
+        ("+14155550100", "+18005550199", 480, "after_hours"),
+    ],
+)
+def test_rejections_reach_the_caller_and_the_record(
+    ctl: Control, emu: EmulatorHandle, caller: str, called: str, code: int, reason: str
+) -> None:
+    call_id = incoming(ctl, emu, from_=caller, to=called)
+    assert actions.route_call(ctl, call_id, claim="t").outcome is Outcome.REJECTED
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.reject_code, record.end_reason) == (
+        CallState.REJECTED,
+        code,
+        reason,
+    )
+    assert record.ended_at is not None
+    assert emu.call(call_id, events=False)["reject_status"] == code
+    assert ctl.redis.llen(keys.PENDING_CALLS) == 0
+
+
+def test_a_full_house_rejects_with_486_and_a_wait_ends_when_a_slot_frees(
+    ctl: Control, emu: EmulatorHandle, policy_path: Path
+) -> None:
+    write_policy(policy_path, policy_text(max_calls=1))
+    ctl.admission.acquire("rtc_other", "support", max_calls=1, profile_cap=None)
+    call_id = incoming(ctl, emu)
+    assert actions.route_call(ctl, call_id, claim="t").outcome is Outcome.REJECTED
+    assert emu.call(call_id, events=False)["reject_status"] == 486
+
+    write_policy(policy_path, policy_text(max_calls=1, max_wait_s=30))
+    waiting = incoming(ctl, emu)
+    result = actions.route_call(ctl, waiting, claim="t2")
+    assert result.outcome is Outcome.WAITING
+    assert result.retry_in_s == pytest.approx(0.1)
+    assert emu.call(waiting, events=False)["state"] == "ringing"
+    record = ctl.store.get(waiting)
+    assert record is not None
+    assert record.state is CallState.ACCEPTING  # claimed: duplicates stay out while it waits
+    assert "waiting_since" in (record.model_extra or {})
+    assert actions.route_call(ctl, waiting, claim="other").outcome is Outcome.DUPLICATE
+
+    ctl.admission.release("rtc_other")
+    assert actions.route_call(ctl, waiting, claim="t2").outcome is Outcome.ACCEPTED
+    assert emu.call(waiting, events=False)["state"] == "active"
+
+
+def test_a_caller_who_hung_up_is_recorded_once_and_frees_the_slot(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu, scenario="hang-up-early")
+    emu.wait_for_call(call_id, lambda truth: truth["state"] == "missed", what="caller gives up")
+    assert actions.route_call(ctl, call_id, claim="t").outcome is Outcome.CALLER_GONE
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.end_reason) == (CallState.ENDED, "caller_gone")
+    assert ctl.admission.holders() == []
+    assert ctl.redis.llen(keys.PENDING_CALLS) == 0
+
+
+def test_a_deadline_spent_on_errors_fails_the_call_and_frees_the_slot(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu)
+    emu.set_faults(rest_5xx_rate=1.0, retry_after_s=0.05)
+    assert actions.route_call(ctl, call_id, claim="t").outcome is Outcome.FAILED
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.end_reason) == (CallState.FAILED, "error")
+    assert "gave up after" in (record.error or "")
+    assert "HTTP 503" in (record.error or "")
+    assert ctl.admission.holders() == []
+
+
+def test_refer_hangup_and_reject_verbs(ctl: Control, emu: EmulatorHandle) -> None:
+    call_id = incoming(ctl, emu)
+    actions.route_call(ctl, call_id, claim="t")
+    with pytest.raises(InvalidRequest, match="unknown transfer target"):
+        actions.refer_call(ctl, call_id, "nobody")
+    assert emu.call(call_id, events=False)["refer_target"] is None
+    assert actions.refer_call(ctl, call_id, "human") == "sip:agent@pbx.example.com"
+    assert emu.call(call_id, events=False)["refer_target"] == "sip:agent@pbx.example.com"
+    assert actions.hangup_call(ctl, call_id) is False  # the refer ended the call: 404
+
+    other = incoming(ctl, emu)
+    with pytest.raises(InvalidRequest, match="400-699"):
+        actions.reject_call(ctl, other, 200)
+    assert actions.reject_call(ctl, other, 503, "maintenance") is True
+    record = ctl.store.get(other)
+    assert record is not None
+    assert (record.state, record.reject_code, record.end_reason) == (
+        CallState.REJECTED,
+        503,
+        "maintenance",
+    )
+
+
+def test_a_task_that_broke_off_fails_only_its_own_call(ctl: Control, emu: EmulatorHandle) -> None:
+    assert ctl.policies.path is not None
+    write_policy(ctl.policies.path, policy_text(max_calls=1, max_wait_s=30))
+    ctl.admission.acquire("rtc_blocker", "support", max_calls=1, profile_cap=None)
+    call_id = incoming(ctl, emu)
+    assert actions.route_call(ctl, call_id, claim="t1").outcome is Outcome.WAITING
+
+    assert actions.abandon(ctl, call_id, "someone-else", "boom") is False
+    assert actions.abandon(ctl, call_id, "t1", "RuntimeError: boom") is True
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.error) == (CallState.FAILED, "RuntimeError: boom")
+    assert [h.call_id for h in ctl.admission.holders()] == ["rtc_blocker"]
+
+
+def test_leaked_slots_of_finished_calls_are_released(ctl: Control, emu: EmulatorHandle) -> None:
+    live = incoming(ctl, emu)
+    assert actions.route_call(ctl, live, claim="t").outcome is Outcome.ACCEPTED
+    finished = incoming(ctl, emu)
+    actions.route_call(ctl, finished, claim="t")
+    ctl.store.transition(finished, CallState.ACCEPTING, CallState.ENDED, {"end_reason": "error"})
+    ctl.admission.acquire("rtc_no_record", "support", max_calls=None, profile_cap=None)
+
+    assert sorted(actions.release_finished_slots(ctl)) == sorted([finished, "rtc_no_record"])
+    assert [h.call_id for h in ctl.admission.holders()] == [live]
+    assert actions.release_finished_slots(ctl) == []

@@ -1,0 +1,146 @@
+"""Call leases and fenced writes on a real Redis: one holder at a time, stale holders inert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+import redis.asyncio
+
+from shared import keys
+from shared.models import CallState, EndReason
+from shared.store import CallStore
+from tests.support.control import create_incoming
+from tests.support.procs import wait_until
+from workers.sessions.lease import Leases, Stale
+from workers.sessions.session_store import SessionStore
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+async def test_one_holder_at_a_time_and_every_grant_has_a_larger_token(
+    client: redis.asyncio.Redis,
+) -> None:
+    r1, r2 = Leases(client, "r1", 3.0), Leases(client, "r2", 3.0)
+
+    first = await r1.acquire("rtc_a")
+    assert first is not None
+    assert await r2.acquire("rtc_a") is None
+    assert await r1.acquire("rtc_a") is None  # not re-entrant: a second worker is refused too
+    assert await r2.holder("rtc_a") == first
+
+    assert await r1.release(first)
+    second = await r2.acquire("rtc_a")
+    assert second is not None
+    assert second.runner_id == "r2"
+    assert second.token > first.token
+    assert not await r1.release(first)  # a stale grant cannot free someone else's lease
+    assert await r2.holder("rtc_a") == second
+
+
+async def test_a_holder_whose_lease_expired_and_was_granted_again_writes_nothing(
+    client: redis.asyncio.Redis, redis_client: redis.Redis
+) -> None:
+    slow, fast = Leases(client, "slow", 0.2), Leases(client, "fast", 3.0)
+    stale = await slow.acquire("rtc_b")
+    assert stale is not None
+    wait_until(lambda: not redis_client.exists(keys.call_lease("rtc_b")), 5.0, "lease expiry")
+    fresh = await fast.acquire("rtc_b")
+    assert fresh is not None
+
+    store = SessionStore(client, slow)
+    with pytest.raises(Stale):
+        await store.write(stale, store.transcript_op("rtc_b", "caller", "hello", 1.0))
+    assert await slow.renew([stale]) == [False]
+    assert redis_client.xlen(keys.call_transcript("rtc_b")) == 0
+
+    await store.write(fresh, store.transcript_op("rtc_b", "agent", "hi", 2.0))
+    [(_, line)] = redis_client.xrange(keys.call_transcript("rtc_b"))
+    assert line == {"role": "agent", "text": "hi", "at": "2.0"}
+
+
+async def test_writes_to_another_calls_keys_are_refused(client: redis.asyncio.Redis) -> None:
+    leases = Leases(client, "r1", 3.0)
+    lease = await leases.acquire("rtc_c")
+    assert lease is not None
+    with pytest.raises(ValueError, match="not a key of call"):
+        await leases.fenced(lease, [("SET", keys.call_snapshot("rtc_other"), "x")])
+
+
+async def test_the_first_attach_activates_the_call_once_and_the_end_is_fenced(
+    client: redis.asyncio.Redis, redis_client: redis.Redis
+) -> None:
+    sync_store = CallStore(redis_client)
+    create_incoming(sync_store, "rtc_d")
+    sync_store.transition("rtc_d", CallState.INCOMING, CallState.ACCEPTING)
+    leases = Leases(client, "r1", 3.0)
+    store = SessionStore(client, leases)
+    lease = await leases.acquire("rtc_d")
+    assert lease is not None
+
+    first = await store.activate(lease, 10.0)
+    again = await store.activate(lease, 11.0)
+    assert (first.applied, first.state) == (True, CallState.ACTIVE)
+    assert (again.applied, again.state) == (False, CallState.ACTIVE)
+    assert redis_client.hget(keys.call_record("rtc_d"), "owner") == "r1"
+
+    assert await leases.release(lease)
+    with pytest.raises(Stale):
+        await store.finish(lease, EndReason.CALLER_HANGUP, {"ended_at": 12.0}, 12.0)
+    assert redis_client.hget(keys.call_record("rtc_d"), "state") == "active"
+
+
+async def test_renewal_reports_which_leases_are_still_ours(client: redis.asyncio.Redis) -> None:
+    r1, r2 = Leases(client, "r1", 3.0), Leases(client, "r2", 3.0)
+    kept = await r1.acquire("rtc_e")
+    gone = await r1.acquire("rtc_f")
+    assert kept is not None
+    assert gone is not None
+    assert await r1.release(gone)
+    assert await r2.acquire("rtc_f") is not None
+
+    assert await r1.renew([kept, gone]) == [True, False]
+    assert await r1.renew([]) == []
+
+
+async def test_a_tool_call_id_is_claimed_once_and_its_outcome_is_kept(
+    client: redis.asyncio.Redis,
+) -> None:
+    leases = Leases(client, "r1", 3.0)
+    store = SessionStore(client, leases)
+    lease = await leases.acquire("rtc_g")
+    assert lease is not None
+
+    first = await store.claim_tool(lease, "call_1")
+    second = await store.claim_tool(lease, "call_1")
+    assert first.run
+    assert (second.run, second.ok) == (False, None)  # running elsewhere: outcome unknown
+
+    await store.write(lease, store.tool_done_op("rtc_g", "call_1", True, '{"status":"ok"}'))
+    third = await store.claim_tool(lease, "call_1")
+    assert (third.run, third.ok, third.output) == (False, True, '{"status":"ok"}')
+    recorded = await store.tool_outcome("rtc_g", "call_1")
+    assert recorded == third
+
+
+async def test_snapshots_round_trip_with_their_command_cursor(client: redis.asyncio.Redis) -> None:
+    leases = Leases(client, "r1", 3.0)
+    store = SessionStore(client, leases)
+    lease = await leases.acquire("rtc_h")
+    assert lease is not None
+    assert await store.load_snapshot("rtc_h") is None
+
+    await store.write(lease, store.snapshot_op(lease, {"version": 1}, "17-0", 5.0))
+    snapshot = await store.load_snapshot("rtc_h")
+    assert snapshot is not None
+    assert snapshot["core"] == {"version": 1}
+    assert snapshot["command_cursor"] == "17-0"
+    assert (snapshot["runner"], snapshot["token"]) == ("r1", lease.token)

@@ -1,0 +1,346 @@
+"""The sideband websocket against the official SDK: attach, tool flow, client events,
+handshake refusals, hangup, faults and re-attachment."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from tests.emulator.sideband_agent import (
+    LOOKUP_ORDER,
+    ORDER_OUTPUT,
+    TOOLS,
+    fast_emulator,
+    place_and_accept,
+    run_agent,
+    sdk,
+    types_of,
+    validate,
+)
+from tests.support.emulator import EmulatorHandle
+
+
+@pytest.fixture
+def emu() -> Any:
+    with fast_emulator() as handle:
+        yield handle
+
+
+async def test_sdk_attaches_and_answers_a_tool_call(emu: EmulatorHandle) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "order-status", tools=TOOLS)
+        events = await run_agent(client, call_id)
+    kinds = types_of(events)
+    assert kinds[0] == "session.created"
+    assert events[0].session.tools[0].name == "lookup_order"
+    args_done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert (args_done.name, orjson.loads(args_done.arguments)) == (
+        "lookup_order",
+        {"order_id": "12345"},
+    )
+    assert args_done.call_id.startswith("call_")
+    after_tool = kinds.index("response.function_call_arguments.done")
+    transcripts = [
+        e.transcript
+        for e in events[after_tool:]
+        if e.type == "response.output_audio_transcript.done"
+    ]
+    assert ORDER_OUTPUT in transcripts[0]
+    truth = emu.call(call_id)
+    assert truth["tool_outputs"] == [
+        {
+            "call_id": args_done.call_id,
+            "name": "lookup_order",
+            "output": ORDER_OUTPUT,
+            "at": truth["tool_outputs"][0]["at"],
+        }
+    ]
+    assert (truth["state"], truth["ended_by"]) == ("ended", "caller")
+    assert truth["attachments"][0]["closed_at"] is not None
+    assert kinds.count("response.done") == truth["responses"] == 3
+
+
+async def test_undeclared_tool_is_not_called(emu: EmulatorHandle) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "order-status", tools=[])
+        events = await run_agent(client, call_id)
+    assert "response.function_call_arguments.done" not in types_of(events)
+    first_reply = next(e for e in events if e.type == "response.output_audio_transcript.done")
+    assert first_reply.transcript.startswith("I'm sorry, I can't look up orders")
+    assert emu.call(call_id)["tool_outputs"] == []
+
+
+async def test_a_hung_tool_makes_the_caller_hang_up(emu: EmulatorHandle) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "order-status", tools=[LOOKUP_ORDER])
+        events = await run_agent(client, call_id, tool_output=None)
+    kinds = types_of(events)
+    assert "response.function_call_arguments.done" in kinds
+    assert "response.output_audio_transcript.done" not in kinds
+    truth = emu.call(call_id)
+    assert (truth["ended_by"], truth["tool_outputs"]) == ("caller", [])
+
+
+@pytest.mark.parametrize("configured", [True, False])
+async def test_caller_transcripts_only_when_configured(
+    emu: EmulatorHandle, configured: bool
+) -> None:
+    audio = {"input": {"transcription": {"model": "gpt-4o-transcribe"}}} if configured else {}
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question", audio=audio)
+        events = await run_agent(client, call_id)
+    kinds = types_of(events)
+    user_done = [
+        e.item for e in events if e.type == "conversation.item.done" and e.item.role == "user"
+    ]
+    assert len(user_done) == 2
+    transcripts = [item.content[0].transcript for item in user_done]
+    if configured:
+        assert kinds.count("conversation.item.input_audio_transcription.completed") == 2
+        assert "conversation.item.input_audio_transcription.delta" in kinds
+        assert transcripts[0] == "Hi, what are your opening hours on Saturday?"
+    else:
+        assert not [k for k in kinds if "input_audio_transcription" in k]
+        assert transcripts == [None, None]
+
+
+async def test_client_event_errors_echo_event_id_and_change_nothing(emu: EmulatorHandle) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question", instructions="Be brief.")
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    async with connect(
+        f"{emu.ws_url}/realtime?call_id={call_id}", additional_headers=headers
+    ) as ws:
+        created = orjson.loads(await ws.recv())
+        for frame in [
+            {"type": "session.update", "event_id": "c1", "session": {"instructions": "x"}},
+            {"type": "no.such.event", "event_id": "c2"},
+            "{not json",
+            {"type": "response.cancel", "event_id": "c3"},
+            {"type": "conversation.item.create", "event_id": "c4", "item": {"type": "bogus"}},
+            {"type": "response.create", "event_id": "c5", "response": {"conversation": "x"}},
+            {
+                "type": "conversation.item.create",
+                "event_id": "c6",
+                "item": {"type": "message", "role": "user", "content": [{"type": "text"}]},
+            },
+        ]:
+            await ws.send(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
+        errors, others = [], []
+        while len(errors) < 7:  # the caller's script runs meanwhile: keep its events apart
+            body = orjson.loads(await ws.recv())
+            (errors if body["type"] == "error" else others).append(body)
+        update = {"type": "realtime", "instructions": "Be kind."}
+        update["audio"] = {"output": {"format": {"type": "audio/pcm", "rate": 24000}}}
+        await ws.send(orjson.dumps({"type": "session.update", "session": update}).decode())
+        updated = orjson.loads(await ws.recv())
+        while updated["type"] != "session.updated":
+            others.append(updated)
+            updated = orjson.loads(await ws.recv())
+    for body in [created, *errors, updated, *others]:
+        validate(body)
+    assert [e["type"] for e in errors] == ["error"] * 7
+    first = errors[0]["error"]
+    assert (first["type"], first["code"], first["event_id"]) == (
+        "invalid_request_error",
+        "missing_required_parameter",
+        "c1",
+    )
+    assert first["message"] == "Missing required parameter: 'session.type'."
+    codes = [(e["error"]["code"], e["error"]["event_id"]) for e in errors[1:]]
+    assert codes == [
+        ("invalid_value", "c2"),
+        ("invalid_json", None),
+        ("response_cancel_not_active", "c3"),
+        ("invalid_value", "c4"),
+        ("invalid_value", "c5"),
+        ("invalid_value", "c6"),
+    ]
+    assert created["session"]["instructions"] == "Be brief."
+    assert updated["type"] == "session.updated"
+    assert updated["session"]["instructions"] == "Be kind."
+    truth = emu.call(call_id)
+    assert truth["defects"]
+    assert "audio.output.format" in truth["defects"][0]
+    assert any(e.get("type") == "no.such.event" for e in truth["events_received"])
+    assert truth["state"] == "active"  # errors leave the session open
+
+
+async def test_beta_header_gets_an_error_and_close_4000(emu: EmulatorHandle) -> None:
+    headers = {"Authorization": f"Bearer {emu.api_key}", "OpenAI-Beta": "realtime=v1"}
+    async with connect(
+        f"{emu.ws_url}/realtime?model=gpt-realtime", additional_headers=headers
+    ) as ws:
+        event = orjson.loads(await ws.recv())
+        with pytest.raises(ConnectionClosedError):
+            await ws.recv()
+    validate(event)
+    assert event["error"]["code"] == "beta_api_shape_disabled"
+    assert event["error"]["message"] == (
+        "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
+    )
+    assert ws.close_code == 4000
+    assert ws.close_reason == "invalid_request_error.beta_api_shape_disabled"
+
+
+async def test_bad_key_unknown_and_ended_calls_are_refused() -> None:
+    with fast_emulator(api_key="sk-right") as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "quick-question")
+            await client.realtime.calls.hangup(call_id)
+        cases = [
+            (f"call_id={call_id}", "sk-wrong", 401),
+            ("call_id=rtc_unknown", "sk-right", 404),
+            (f"call_id={call_id}", "sk-right", 404),  # ended
+            ("", "sk-right", 400),
+        ]
+        for query, key, status in cases:
+            headers = {"Authorization": f"Bearer {key}"}
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(f"{emu.ws_url}/realtime?{query}", additional_headers=headers)
+            assert refused.value.response.status_code == status
+            assert b"sk-wrong" not in refused.value.response.body
+
+
+async def test_rest_hangup_closes_the_socket(emu: EmulatorHandle) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "long-call")
+        async with asyncio.timeout(10), client.realtime.connect(call_id=call_id) as conn:
+            assert (await conn.recv()).type == "session.created"
+            await client.realtime.calls.hangup(call_id)
+            rest = [event async for event in conn]  # ends when the server closes (1000)
+    assert "session.created" not in types_of(rest)
+    truth = emu.call(call_id)
+    assert truth["ended_by"] == "hangup"
+    assert truth["attachments"][0]["closed_at"] is not None
+
+
+async def test_drop_fault_then_reattach_resumes_the_script(emu: EmulatorHandle) -> None:
+    emu.set_faults(ws_drop_rate=1.0)
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question")
+        with pytest.raises(ConnectionClosedError) as dropped:
+            await run_agent(client, call_id)
+        assert dropped.value.rcvd is not None
+        assert dropped.value.rcvd.code == 1011
+        emu.set_faults(ws_drop_rate=0.0)
+        again = await run_agent(client, call_id)
+    kinds = types_of(again)
+    assert kinds[0] == "session.created"
+    assert "input_audio_buffer.speech_started" in kinds
+    assert "response.done" in kinds
+    truth = emu.call(call_id)
+    first, second = truth["attachments"]
+    assert first["closed_at"] <= second["opened_at"]
+    assert truth["overlapping_attachments"] is False
+    assert truth["ended_by"] == "caller"
+
+
+async def test_two_sockets_both_get_events_and_overlap(emu: EmulatorHandle) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question")
+        both = await asyncio.gather(run_agent(client, call_id), run_agent(client, call_id))
+    for events in both:
+        assert types_of(events).count("response.done") == 2
+    assert emu.call(call_id)["overlapping_attachments"] is True
+
+
+async def test_greeting_cancel_and_standalone_session() -> None:
+    with fast_emulator(time_scale=0.2) as emu:
+        async with sdk(emu) as client, client.realtime.connect(model="gpt-realtime") as conn:
+            created = await conn.recv()
+            await conn.response.create(response={"instructions": 'Say "Welcome to Acme."'})
+            greeting = [await conn.recv()]
+            while greeting[-1].type != "output_audio_buffer.stopped":
+                greeting.append(await conn.recv())
+            item = {"type": "message", "role": "user"}
+            item["content"] = [{"type": "input_text", "text": "Where is my parcel?"}]
+            await conn.conversation.item.create(item=item)  # type: ignore[arg-type]
+            assert (await conn.recv()).type == "conversation.item.added"
+            assert (await conn.recv()).type == "conversation.item.done"
+            await conn.response.create()
+            answer = [await conn.recv()]
+            while answer[-1].type != "response.done":
+                answer.append(await conn.recv())
+            await conn.response.create()
+            while (await conn.recv()).type != "response.created":
+                pass  # the answer's output_audio_buffer.stopped may come first
+            await conn.response.cancel()
+            events = [await conn.recv()]
+            while events[-1].type != "response.done":
+                events.append(await conn.recv())
+    assert created.type == "session.created"
+    assert created.session.model == "gpt-realtime"
+    transcript = next(e for e in greeting if e.type == "response.output_audio_transcript.done")
+    assert transcript.transcript == "Welcome to Acme."
+    said = next(e for e in answer if e.type == "response.output_audio_transcript.done")
+    assert said.transcript == "Understood: Where is my parcel?"
+    assert events[-1].response.status == "cancelled"
+    assert events[-1].response.status_details.reason == "client_cancelled"
+
+
+async def test_dead_air_makes_the_caller_hang_up() -> None:
+    with fast_emulator(dead_air_timeout_s=0.2) as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "quick-question")
+        truth = emu.wait_for_call(call_id, lambda c: c["state"] == "ended", 5.0)
+    assert (truth["ended_by"], truth["attachments"]) == ("caller", [])
+
+
+async def test_malformed_fault_adds_broken_or_unknown_frames(emu: EmulatorHandle) -> None:
+    emu.set_faults(malformed_event_rate=1.0)
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question")
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    frames: list[str] = []
+    async with connect(
+        f"{emu.ws_url}/realtime?call_id={call_id}", additional_headers=headers
+    ) as ws:
+        async for frame in ws:
+            frames.append(str(frame))
+    assert ws.close_code == 1000  # the caller hung up at the end of the script
+    valid, broken, unknown = 0, 0, 0
+    for frame in frames:
+        try:
+            body = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            broken += 1
+            continue
+        if body["type"].startswith("emulator."):
+            unknown += 1
+        else:
+            validate(body)
+            valid += 1
+    assert broken + unknown == valid - 1  # every scripted event, not session.created
+    assert emu.call(call_id)["ended_by"] == "caller"  # the call itself was unaffected
+
+
+async def test_without_turn_detection_the_client_commits(emu: EmulatorHandle) -> None:
+    audio = {"input": {"turn_detection": None}}
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question", audio=audio)
+        async with asyncio.timeout(10), client.realtime.connect(call_id=call_id) as conn:
+            assert (await conn.recv()).type == "session.created"
+            committed = None
+            while committed is None:  # poll until the caller's first words are buffered
+                await asyncio.sleep(0.02)
+                await conn.input_audio_buffer.commit()
+                reply = await conn.recv()
+                if reply.type == "input_audio_buffer.committed":
+                    committed = reply
+                else:
+                    assert reply.error.code == "input_audio_buffer_commit_empty"
+            await conn.response.create()
+            events = [await conn.recv()]
+            while events[-1].type != "response.done":
+                events.append(await conn.recv())
+    kinds = types_of(events)
+    assert "input_audio_buffer.speech_started" not in kinds
+    said = next(e for e in events if e.type == "response.output_audio_transcript.done")
+    assert said.transcript.startswith("We're open from nine")
+    assert committed.item_id.startswith("item_")

@@ -1,0 +1,314 @@
+"""Reconciliation: the emulator's ground truth against what Switchboard recorded.
+
+After a run (with or without faults), ``reconcile`` checks every placed call:
+
+- accounted for: the call record exists and is terminal, with an end reason; the
+  emulator's call is over too (ended, rejected or missed);
+- the two sides agree: a call the API accepted is not recorded as failed or rejected,
+  a call recorded as accepted was accepted by the API, a rejected call has the same
+  SIP code on both sides;
+- decided once: at most one successful accept and one successful reject per call
+  (the REST answers are counted by ``RestRecorder``; 409 answers are counted too);
+- tools once: at most one tool output per tool-call id, and the tools ran no more
+  often than the model called them;
+- one sideband at a time: no overlapping attachments;
+- money: each call's ``cost_usd`` is the price table applied to the usage the
+  emulator billed, or else the price of exactly the ``response.done`` usages it sent
+  on a socket (at most one lost per dropped socket); the cluster totals are the sum over all calls;
+- nothing held: no admission slot, live-index entry or pending hand-over left.
+
+The result is a ``Reconciliation`` with counts (for soak figures) and a list of
+problems; ``assert_clean`` fails with all of them at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.accounting import Accounting
+from shared.models import CallRecord
+from shared.pricing import (
+    PriceTable,
+    TokenCounts,
+    cost_of,
+    cost_of_tokens,
+    default_price_table,
+)
+from tests.support.chaos_stack import RestRecorder
+from tests.support.emulator import EmulatorHandle
+
+EMULATOR_OVER = frozenset({"ended", "rejected", "missed"})
+SEEN: list[Reconciliation] = []
+"""Every reconciliation of this process, in order (the chaos run's figures come from it)."""
+DEFAULT_MODEL = "gpt-realtime"
+
+
+@dataclass
+class Reconciliation:
+    """Figures and problems of one reconciliation."""
+
+    placed: int = 0
+    accounted: int = 0
+    lost: list[str] = field(default_factory=list)
+    doubled_accepts: list[str] = field(default_factory=list)
+    doubled_tools: list[str] = field(default_factory=list)
+    overlapping: list[str] = field(default_factory=list)
+    leaked_slots: list[str] = field(default_factory=list)
+    cost_mismatches: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    end_reasons: Counter[str] = field(default_factory=Counter)
+    record_states: Counter[str] = field(default_factory=Counter)
+    emulator_states: Counter[str] = field(default_factory=Counter)
+    accept_statuses: Counter[int] = field(default_factory=Counter)
+    tool_calls: int = 0
+    tool_outputs: int = 0
+    tool_runs: int | None = None
+    cost_usd: Decimal = Decimal(0)
+    usage_unseen_usd: Decimal = Decimal(0)
+    """Billed for responses that ended while no sideband was attached to hear them."""
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "calls_placed": self.placed,
+            "calls_accounted_for": self.accounted,
+            "lost": len(self.lost),
+            "doubled_accepts": len(self.doubled_accepts),
+            "doubled_tool_calls": len(self.doubled_tools),
+            "overlapping_attachments": len(self.overlapping),
+            "leaked_admission_slots": len(self.leaked_slots),
+            "cost_mismatches": len(self.cost_mismatches),
+            "problems": self.problems[:50],
+            "end_reasons": dict(self.end_reasons),
+            "record_states": dict(self.record_states),
+            "emulator_states": dict(self.emulator_states),
+            "accept_statuses": {str(k): v for k, v in sorted(self.accept_statuses.items())},
+            "accept_409s": self.accept_statuses.get(409, 0),
+            "tool_calls": self.tool_calls,
+            "tool_outputs": self.tool_outputs,
+            "tool_runs": self.tool_runs,
+            "cost_usd": str(self.cost_usd),
+            "usage_unseen_while_detached_usd": str(self.usage_unseen_usd),
+        }
+
+    def assert_clean(self) -> None:
+        assert self.placed > 0, "nothing was placed"
+        assert not self.problems, f"{len(self.problems)} reconciliation problems:\n" + "\n".join(
+            self.problems[:40]
+        )
+
+
+def _issued_tool_calls(truth: dict[str, Any]) -> set[str]:
+    return {
+        str(event.get("call_id"))
+        for event in truth.get("events_sent", [])
+        if event.get("type") == "response.function_call_arguments.done"
+    }
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _record(rdb: redis.Redis, call_id: str) -> CallRecord | None:
+    raw = rdb.hgetall(keys.call_record(call_id))
+    return CallRecord.from_hash(raw) if raw else None  # type: ignore[arg-type]
+
+
+def call_settled(emu: EmulatorHandle, rdb: redis.Redis, call_id: str) -> bool:
+    """True once both sides consider the call over."""
+    truth = emu.call(call_id, events=False)
+    if truth["state"] not in EMULATOR_OVER:
+        return False
+    record = _record(rdb, call_id)
+    return record is not None and record.terminal
+
+
+def wait_settled(
+    emu: EmulatorHandle, rdb: redis.Redis, call_ids: Iterable[str], timeout_s: float
+) -> list[str]:
+    """Poll until every call is over on both sides; returns those that are not (on timeout)."""
+    waiting = list(call_ids)
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        waiting = [call_id for call_id in waiting if not _settled_quietly(emu, rdb, call_id)]
+        if waiting:
+            time.sleep(0.2)
+    return waiting
+
+
+def _settled_quietly(emu: EmulatorHandle, rdb: redis.Redis, call_id: str) -> bool:
+    try:
+        return call_settled(emu, rdb, call_id)
+    except redis.RedisError:
+        return False
+
+
+def wait_slots_free(rdb: redis.Redis, timeout_s: float) -> None:
+    """Poll until no admission slot is held (the runners release them as calls end)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and rdb.zcard(keys.ADMISSION_ACTIVE):
+        time.sleep(0.1)
+
+
+def reconcile(
+    emu: EmulatorHandle,
+    rdb: redis.Redis,
+    call_ids: Iterable[str],
+    *,
+    recorder: RestRecorder | None = None,
+    tool_runs: int | None = None,
+    whole_cluster: bool = False,
+    table: PriceTable | None = None,
+) -> Reconciliation:
+    """Check ``call_ids`` (see the module docstring).
+
+    ``whole_cluster``: the calls are every call this Redis has seen, so the cluster
+    totals, the admission sets and the live index must match them exactly.
+    """
+    table = table or default_price_table()
+    result = Reconciliation()
+    for call_id in call_ids:
+        result.placed += 1
+        _check_call(result, emu, rdb, call_id, recorder, table)
+    if tool_runs is not None:
+        result.tool_runs = tool_runs
+        if tool_runs > result.tool_calls:
+            result.problem(f"tools ran {tool_runs} times for {result.tool_calls} tool calls")
+    held = [*rdb.hkeys(keys.ADMISSION_HOLDERS), *rdb.zrange(keys.ADMISSION_ACTIVE, 0, -1)]
+    result.leaked_slots = sorted({_text(member) for member in held})
+    if result.leaked_slots:
+        result.problem(f"admission slots still held: {result.leaked_slots[:10]}")
+    if whole_cluster:
+        _check_cluster(result, rdb, table)
+    SEEN.append(result)
+    return result
+
+
+def _check_call(
+    result: Reconciliation,
+    emu: EmulatorHandle,
+    rdb: redis.Redis,
+    call_id: str,
+    recorder: RestRecorder | None,
+    table: PriceTable,
+) -> None:
+    truth = emu.call(call_id)
+    record = _record(rdb, call_id)
+    result.emulator_states[truth["state"]] += 1
+    if truth["state"] not in EMULATOR_OVER:
+        result.problem(f"{call_id}: still {truth['state']} at the emulator")
+    if record is None:
+        result.lost.append(call_id)
+        result.problem(f"{call_id}: no call record (emulator: {truth['state']})")
+        return
+    result.record_states[record.state.value] += 1
+    if record.terminal and record.end_reason:
+        result.accounted += 1
+        result.end_reasons[record.end_reason] += 1
+    else:
+        result.lost.append(call_id)
+        result.problem(
+            f"{call_id}: recorded {record.state.value} with end reason {record.end_reason!r}"
+            f" (emulator: {truth['state']}, ended_by {truth['ended_by']})"
+        )
+    accepted_by_api = truth["accept"] is not None
+    if accepted_by_api and record.state.value in ("failed", "rejected"):
+        result.problem(f"{call_id}: accepted by the API but recorded {record.state.value}")
+    if record.accepted_at is not None and not accepted_by_api:
+        result.problem(f"{call_id}: recorded as accepted but the API never accepted it")
+    if truth["state"] == "rejected" and (
+        record.state.value != "rejected" or record.reject_code != truth["reject_status"]
+    ):
+        result.problem(
+            f"{call_id}: rejected {truth['reject_status']} by the API, recorded "
+            f"{record.state.value} {record.reject_code}"
+        )
+    if recorder is not None:
+        accepts = recorder.statuses(call_id, "accept")
+        result.accept_statuses.update(accepts)
+        if accepts.count(200) > 1 or recorder.statuses(call_id, "reject").count(200) > 1:
+            result.doubled_accepts.append(call_id)
+            result.problem(f"{call_id}: decided more than once: accept answers {accepts}")
+        if accepted_by_api and accepts.count(200) != 1:
+            result.problem(f"{call_id}: accepted, but accept answers were {accepts}")
+    outputs = Counter(str(out.get("call_id")) for out in truth["tool_outputs"])
+    result.tool_outputs += sum(outputs.values())
+    result.tool_calls += len(_issued_tool_calls(truth))
+    doubled = sorted(tool_id for tool_id, n in outputs.items() if n > 1)
+    if doubled:
+        result.doubled_tools.append(call_id)
+        result.problem(f"{call_id}: tool calls answered more than once: {doubled}")
+    if truth["overlapping_attachments"]:
+        result.overlapping.append(call_id)
+        result.problem(f"{call_id}: overlapping sideband attachments {truth['attachments']}")
+    model = (truth["accept"] or {}).get("model") or DEFAULT_MODEL
+    billed = cost_of_tokens(TokenCounts.from_dict(truth["usage"]), model, table).total_usd
+    result.cost_usd += record.cost_usd
+    if record.cost_usd == billed:
+        return
+    # Responses that finished while no sideband was attached (after a drop, or after
+    # our side closed it at the end of the call), or whose response.done was the event
+    # a dropped socket never carried, were never reported to us: they are billed but
+    # cannot be counted. Everything that was reported must be, at its exact price.
+    drops = _dropped_attachments(truth)
+    reported = _reported_usage(truth)
+    counted = set(rdb.hkeys(keys.call_counted(call_id))) & set(reported)
+    seen = sum((cost_of(reported[rid], model, table).total_usd for rid in counted), Decimal(0))
+    missed = len(reported) - len(counted)
+    result.usage_unseen_usd += billed - record.cost_usd
+    if record.cost_usd != seen or missed > drops:
+        result.cost_mismatches.append(call_id)
+        result.problem(
+            f"{call_id}: cost_usd {record.cost_usd} but the reported usage costs {billed}"
+            f" ({len(reported)} responses reported, {len(counted)} counted, {drops} drops)"
+        )
+
+
+def _dropped_attachments(truth: dict[str, Any]) -> int:
+    """Sidebands lost before the call ended (a drop, or a runner that died holding it).
+
+    A socket closed at the end of the call closes at or after ``ended_at``; one that was
+    lost closes earlier, including the last one when no runner re-attached in time.
+    """
+    ended_at = truth.get("ended_at")
+    if ended_at is None:
+        return len(truth["attachments"])
+    return sum(
+        1
+        for span in truth["attachments"]
+        if span["closed_at"] is not None and span["closed_at"] < float(ended_at) - 0.001
+    )
+
+
+def _reported_usage(truth: dict[str, Any]) -> dict[str, Any]:
+    """Usage of each ``response.done`` the emulator sent on a sideband, by response id."""
+    return {
+        str(event["response"]["id"]): event["response"]["usage"]
+        for event in truth.get("events_sent", [])
+        if event.get("type") == "response.done" and event.get("response", {}).get("usage")
+    }
+
+
+def _check_cluster(result: Reconciliation, rdb: redis.Redis, table: PriceTable) -> None:
+    totals = Accounting(rdb, table).cluster_totals()
+    if totals.cost.total_usd != result.cost_usd:
+        result.problem(
+            f"cluster cost {totals.cost.total_usd} != {result.cost_usd} (the sum over calls)"
+        )
+    live = rdb.zcard(keys.LIVE_CALLS)
+    if live:
+        result.problem(f"{live} calls left in the live index")
+    pending = rdb.llen(keys.PENDING_CALLS)
+    if pending:
+        result.problem(f"{pending} call ids left on the pending list")

@@ -1,0 +1,211 @@
+"""The pieces of a live call for session-runner tests: emulator, Redis, runners, routing.
+
+A call is placed with the emulator, written as ``incoming`` with the store (as the
+ingress does) and routed with ``workers.actions.route_call`` (as the control worker
+does): the real accept over REST with the policy's session body, then the call id on
+``keys.PENDING_CALLS``. Runners are real ``switchboard runner`` processes.
+"""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.models import CallRecord
+from shared.settings import Settings
+from shared.store import CallStore
+from tests.support.control import create_incoming
+from tests.support.emulator import EmulatorHandle
+from tests.support.procs import Child, spawn, switchboard_argv, wait_until
+from tests.support.runner_tools import TOOL_LOG_ENV
+from workers import actions
+
+RUNNER_POLICY = """\
+transfer_targets:
+  human: sip:agent@pbx.example.com
+tools:
+  lookup_order:
+    description: Look up an order by its number.
+    parameters:
+      type: object
+      properties: {order_id: {type: string}}
+      required: [order_id]
+    handler: {type: python, function: "tests.support.runner_tools:lookup_order", timeout_s: 3}
+profiles:
+  support:
+    instructions: You help {caller} who dialled {called}.
+    greeting: Hello, thanks for calling. How can I help?
+    transcription: {model: gpt-4o-mini-transcribe}
+    turn_detection: {type: server_vad, silence_duration_ms: 400}
+    tools: [lookup_order, transfer_call, end_call]
+  steady:
+    instructions: You help {caller} who dialled {called}.
+    transcription: {model: gpt-4o-mini-transcribe}
+    turn_detection: {type: server_vad, silence_duration_ms: 400}
+    tools: [lookup_order, transfer_call, end_call]
+routes:
+  - match: {called: "+18005550199"}
+    action: {type: accept, profile: steady}
+  - action: {type: accept, profile: support}
+"""
+STEADY_LINE = "+18005550199"
+"""The called number routed to the ``steady`` profile."""
+
+STEADY_CALL = """\
+name: steady-call
+description: Six short turns with pauses between them; patient with a silent line.
+greeting_wait_s: 0
+reply_patience_s: 400
+steps:
+  - {say: "Hi, I have a question about my order.", pause_s: 8}
+  - {say: "It was placed last week.", pause_s: 8}
+  - {say: "The number is one two three.", pause_s: 8}
+  - {say: "Could you check the delivery date?", pause_s: 8}
+  - {say: "Thanks, that helps a lot.", pause_s: 8}
+  - {say: "Goodbye.", pause_s: 8}
+"""
+"""A scenario long enough (about 5 s at time scale 0.05) to kill or drain a runner in.
+
+Steady calls go to the ``steady`` profile, which has no greeting: the caller speaks
+first, so its timing does not hang on when the greeting ends.
+"""
+
+STEADY_ORDER = """\
+name: steady-order
+description: The steady call with an order lookup (the lookup_order tool) in the middle.
+greeting_wait_s: 0
+reply_patience_s: 400
+steps:
+  - {say: "Hi, I have a question about my order.", pause_s: 8}
+  - say: "The number is 12345. Where is it?"
+    pause_s: 8
+    tool: {name: lookup_order, arguments: {order_id: "12345"}}
+  - {say: "Could you check the delivery date?", pause_s: 8}
+  - {say: "And can I change the address?", pause_s: 8}
+  - {say: "Thanks, that helps a lot.", pause_s: 8}
+  - {say: "Goodbye.", pause_s: 8}
+"""
+
+
+def write_scenarios(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "steady-call.yaml").write_text(STEADY_CALL)
+    (folder / "steady-order.yaml").write_text(STEADY_ORDER)
+    return folder
+
+
+class SessionStack:
+    """Redis, an emulator, a policy and the runners of one test module."""
+
+    def __init__(self, redis_url: str, emu: EmulatorHandle, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.emu = emu
+        self.workdir = workdir
+        self.policy_path = workdir / "policy.yaml"
+        self.policy_path.write_text(textwrap.dedent(RUNNER_POLICY))
+        self.tool_log = workdir / "tool-runs.log"
+        self.tool_log.touch()
+        self.rdb = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.store = CallStore(self.rdb)
+        self.settings = Settings(
+            redis_url=redis_url,
+            openai_base_url=emu.api_url,
+            openai_api_key=emu.api_key,
+            config=self.policy_path,
+        )
+        self.control = actions.Control.from_settings(self.settings)
+        self.runners: dict[str, Child] = {}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SWITCHBOARD_REDIS_URL": self.redis_url,
+            "OPENAI_BASE_URL": self.emu.api_url,
+            "OPENAI_API_KEY": self.emu.api_key,
+            "SWITCHBOARD_CONFIG": str(self.policy_path),
+            TOOL_LOG_ENV: str(self.tool_log),
+        }
+
+    def start_runner(self, runner_id: str, *args: str) -> Child:
+        argv = switchboard_argv("runner", "--id", runner_id, *args)
+        child = spawn(f"runner-{runner_id}", argv, self.workdir, env=self.env())
+        self.runners[runner_id] = child
+        wait_until(
+            lambda: self.rdb.zscore(keys.RUNNERS, runner_id) is not None,
+            20.0,
+            f"runner {runner_id} registered",
+            child,
+        )
+        return child
+
+    def place_call(self, scenario: str) -> str:
+        """A call answered by the policy and queued for the runners; its call id."""
+        to = STEADY_LINE if scenario.startswith("steady-") else "+18005550100"
+        call_id = self.emu.place_call(scenario=scenario, to=to)
+        create_incoming(self.store, call_id, to=to)
+        result = actions.route_call(self.control, call_id, claim=f"test-{uuid.uuid4().hex}")
+        assert result.outcome is actions.Outcome.ACCEPTED, result
+        return call_id
+
+    def record(self, call_id: str) -> CallRecord:
+        record = self.store.get(call_id)
+        assert record is not None
+        return record
+
+    def raw_record(self, call_id: str) -> dict[str, Any]:
+        raw: dict[str, Any] = self.rdb.hgetall(keys.call_record(call_id))  # type: ignore[assignment]
+        return raw
+
+    def wait_state(self, call_id: str, state: str, timeout_s: float = 20.0) -> CallRecord:
+        wait_until(
+            lambda: self.rdb.hget(keys.call_record(call_id), "state") == state,
+            timeout_s,
+            f"call {call_id} {state}",
+        )
+        return self.record(call_id)
+
+    def wait_ended(self, call_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Wait until the call ended for us and for the emulator; the emulator's truth."""
+        self.wait_state(call_id, "ended", timeout_s)
+        return self.emu.wait_for_call(
+            call_id, lambda truth: truth["state"] == "ended", timeout_s, "emulator call ended"
+        )
+
+    def holder(self, call_id: str) -> str | None:
+        owner = self.rdb.get(keys.call_lease(call_id))
+        return owner.partition(":")[2] if owner else None
+
+    def tool_runs(self) -> list[str]:
+        return self.tool_log.read_text().split()
+
+    def stop_runner(
+        self, runner_id: str, sig: int = signal.SIGTERM, timeout_s: float = 30.0
+    ) -> int | None:
+        return self.runners[runner_id].stop(sig, timeout_s)
+
+    def close(self) -> None:
+        for child in self.runners.values():
+            child.stop(signal.SIGKILL)
+        self.control.close()
+        self.rdb.close()
+
+
+@contextmanager
+def session_stack(redis_url: str, emu: EmulatorHandle, workdir: Path) -> Iterator[SessionStack]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    stack = SessionStack(redis_url, emu, workdir)
+    try:
+        yield stack
+    finally:
+        stack.close()

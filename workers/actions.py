@@ -1,0 +1,316 @@
+"""Call-control actions as plain functions: what the Celery tasks do, without Celery.
+
+``route_call`` is the path of every incoming call: claim it, decide, take an admission
+slot, accept or reject over REST, record the outcome, hand accepted calls to the
+session runners. ``reject_call``, ``refer_call`` and ``hangup_call`` are the single
+REST verbs for commands.
+
+Exactly once: the first task to move the call ``incoming -> accepting`` writes its task
+id into the record as ``route_claim``; any other task for the call does nothing. The
+same task id comes back when Celery redelivers or retries that task, so a worker that
+died mid-way, or a call that waits for a slot, resumes instead of being dropped. Every
+run also writes ``route_worker`` (the Celery node running it) and ``route_run_at``:
+that is how ``workers.recovery`` tells a routing cut off by a dead worker or a lost
+message from one still under way, and resumes it by publishing the task again under
+the same id.
+
+Hand-over to runners: the record gets ``profile``, ``route``, ``accepted_at`` and the
+rendered ``greeting`` (if the profile has one), then the call id is LPUSHed onto
+``shared.keys.PENDING_CALLS``; the state stays ``accepting`` until a runner attaches.
+
+Errors: ``RetryableError`` and Redis connection errors propagate for the task to retry
+(safe, see above); the REST client has already retried within its own deadline, so a
+``DeadlineExceeded`` is final: the call is marked failed and its slot released.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import redis
+
+from shared import keys
+from shared.accounting import Accounting
+from shared.errors import CallGone, ConfigError, FatalError, InvalidRequest, RealtimeRejected
+from shared.models import CallState, EndReason
+from shared.policy_file import PolicySource
+from shared.profile import valid_transfer_uri
+from shared.realtime_client import RealtimeClient
+from shared.settings import Settings
+from shared.store import CallStore, ClaimOutcome
+from workers.admission import Admission
+from workers.policy import Accept, CallFacts, Load, Reject, Wait, decide, when_full
+from workers.session_body import render_for_call, session_body
+
+if TYPE_CHECKING:
+    from workers.worker_metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Control:
+    """What the control actions use, built once per worker process."""
+
+    redis: redis.Redis
+    store: CallStore
+    admission: Admission
+    realtime: RealtimeClient
+    policies: PolicySource
+    clock: Callable[[], float] = time.time
+    metrics: WorkerMetrics | None = None
+    books: Accounting = field(init=False)
+    """The cluster's outcome counters (``shared.accounting``)."""
+
+    def __post_init__(self) -> None:
+        self.books = Accounting(self.redis)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: WorkerMetrics | None = None) -> Control:
+        if not settings.redis_url:
+            raise ConfigError("SWITCHBOARD_REDIS_URL is not set")
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        observe = metrics.observe_rest if metrics is not None else None
+        return cls(
+            redis=client,
+            store=CallStore(client),
+            admission=Admission(client),
+            realtime=RealtimeClient.from_settings(settings, observe=observe),
+            policies=PolicySource(settings.config),
+            metrics=metrics,
+        )
+
+    def close(self) -> None:
+        self.realtime.close()
+        self.redis.close()
+
+
+class Outcome(StrEnum):
+    """What ``route_call`` did with the call."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    WAITING = "waiting"
+    DUPLICATE = "duplicate"
+    MISSING = "missing"
+    CALLER_GONE = "caller_gone"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """The outcome, and for ``WAITING`` when to try again."""
+
+    outcome: Outcome
+    retry_in_s: float | None = None
+
+
+def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> RouteResult:
+    """Route one incoming call; ``claim`` is the id of the task doing it, on ``worker``."""
+    # One round trip: claimed now or resumed under the same task id, the record comes back.
+    run = {"route_worker": worker, "route_run_at": ctl.clock()}
+    claimed = ctl.store.claim(call_id, "route_claim", claim, run)
+    record = claimed.record
+    if record is None:
+        exists = claimed.outcome is ClaimOutcome.TAKEN
+        logger.info("route %s: %s", call_id, "already claimed" if exists else "no such call")
+        return RouteResult(Outcome.DUPLICATE if exists else Outcome.MISSING)
+    if record.accepted_at is not None:  # accepted by an earlier run of this very task
+        ctl.redis.lpush(keys.PENDING_CALLS, call_id)
+        return RouteResult(Outcome.ACCEPTED)
+    facts = CallFacts.from_record(record)
+    policy = ctl.policies.current()
+    now = dt.datetime.fromtimestamp(ctl.clock(), dt.UTC)
+    capacity = policy.capacity
+    # Without caps there is nothing to compare against: skip the round trip.
+    capped = capacity.max_calls is not None or bool(capacity.per_profile)
+    load = ctl.admission.load(capacity.per_profile) if capped else Load()
+    decision = decide(facts, policy, now, load)
+    if isinstance(decision, Accept):
+        grant = ctl.admission.acquire(
+            call_id,
+            decision.profile,
+            max_calls=policy.capacity.max_calls,
+            profile_cap=policy.profile_cap(decision.profile),
+        )
+        if not grant.granted:
+            decision = when_full(facts, policy, decision.profile, now, decision.route)
+    if isinstance(decision, Wait):
+        if "waiting_since" not in (record.model_extra or {}):
+            # Written once, so operators can see calls ringing for want of a slot.
+            ctl.store.update(call_id, {"waiting_since": ctl.clock()}, only_in=[CallState.ACCEPTING])
+            logger.info("route %s: no free slot, waiting", call_id)
+        return RouteResult(Outcome.WAITING, decision.retry_in_s)
+    if isinstance(decision, Reject):
+        return RouteResult(_reject(ctl, call_id, decision))
+    profile = policy.profiles[decision.profile]
+    body = session_body(decision.profile, profile, policy, facts)
+    if ctl.metrics is not None:
+        ctl.metrics.call_setup_s.observe(max(0.0, ctl.clock() - record.created_at))
+    outcome = _accept(ctl, call_id, body)
+    if outcome is not Outcome.ACCEPTED:
+        return RouteResult(outcome)
+    greeting = (
+        render_for_call(profile.greeting, facts, decision.profile) if profile.greeting else None
+    )
+    fields = {
+        "profile": decision.profile,
+        "route": decision.route,
+        "accepted_at": ctl.clock(),
+        "greeting": greeting,
+    }
+    ctl.store.update_and_push(
+        call_id, fields, only_in=[CallState.ACCEPTING], queue=keys.PENDING_CALLS
+    )
+    logger.info("route %s: accepted with profile %s", call_id, decision.profile)
+    _count(ctl, call_id, "accepted", decision.profile)
+    return RouteResult(Outcome.ACCEPTED)
+
+
+def _accept(ctl: Control, call_id: str, body: dict[str, object]) -> Outcome:
+    try:
+        ctl.realtime.accept(call_id, body)
+    except RealtimeRejected as err:
+        # Only the claim holder accepts; "already accepted" means an attempt of ours whose
+        # answer was lost (a timeout) went through after all.
+        if err.status_code == 409 and err.api_code == "call_already_accepted":
+            return Outcome.ACCEPTED
+        return _give_up(ctl, call_id, err)
+    except FatalError as err:
+        return _give_up(ctl, call_id, err)
+    except BaseException:
+        ctl.admission.release(call_id)
+        raise
+    return Outcome.ACCEPTED
+
+
+def _reject(ctl: Control, call_id: str, decision: Reject) -> Outcome:
+    # A retried run may hold a slot from before a policy reload; a rejected call holds none.
+    ctl.admission.release(call_id)
+    try:
+        ctl.realtime.reject(call_id, decision.code)
+    except RealtimeRejected as err:
+        # As for accepts: a resumed run finds the reject of a run cut off after it.
+        if not (err.status_code == 409 and err.api_code == "call_already_rejected"):
+            return _give_up(ctl, call_id, err)
+    except FatalError as err:
+        return _give_up(ctl, call_id, err)
+    fields = {
+        "end_reason": decision.reason,
+        "reject_code": decision.code,
+        "route": decision.route,
+        "ended_at": ctl.clock(),
+    }
+    ctl.store.transition(call_id, CallState.ACCEPTING, CallState.REJECTED, fields)
+    logger.info("route %s: rejected %d (%s)", call_id, decision.code, decision.reason)
+    _count(ctl, call_id, "rejected", None, decision.reason)
+    return Outcome.REJECTED
+
+
+def _give_up(ctl: Control, call_id: str, err: FatalError) -> Outcome:
+    """Record a call that could not be accepted or rejected, and free its slot."""
+    ctl.admission.release(call_id)
+    now_s = ctl.clock()
+    if isinstance(err, CallGone):
+        fields: dict[str, object] = {"end_reason": EndReason.CALLER_GONE, "ended_at": now_s}
+        ctl.store.transition(call_id, CallState.ACCEPTING, CallState.ENDED, fields)
+        logger.info("route %s: the caller is gone", call_id)
+        _count(ctl, call_id, "ended", None, EndReason.CALLER_GONE.value)
+        return Outcome.CALLER_GONE
+    fields = {"end_reason": EndReason.ERROR, "error": str(err), "ended_at": now_s}
+    ctl.store.transition(call_id, CallState.ACCEPTING, CallState.FAILED, fields)
+    logger.error("route %s: failed: %s", call_id, err)
+    _count(ctl, call_id, "failed", None, EndReason.ERROR.value)
+    return Outcome.FAILED
+
+
+def _count(
+    ctl: Control, call_id: str, outcome: str, profile: str | None, reason: str | None = None
+) -> None:
+    """Count a call outcome once; losing a count is better than failing the call."""
+    try:
+        ctl.books.count_outcome(outcome, profile, reason, call_id=call_id)
+    except (ValueError, redis.RedisError) as exc:
+        logger.warning("call %s: outcome %s not counted: %s", call_id, outcome, exc)
+
+
+def abandon(ctl: Control, call_id: str, claim: str, error: str) -> bool:
+    """Fail a call whose routing task ``claim`` broke off unexpectedly, and free its slot.
+
+    Only the claim holder's call is touched, so a stray task cannot fail someone else's.
+    """
+    record = ctl.store.get(call_id)
+    if record is None or (record.model_extra or {}).get("route_claim") != claim:
+        return False
+    ctl.admission.release(call_id)
+    fields = {"end_reason": EndReason.ERROR, "error": error[:300], "ended_at": ctl.clock()}
+    applied = ctl.store.transition(call_id, CallState.ACCEPTING, CallState.FAILED, fields).applied
+    if applied:
+        _count(ctl, call_id, "failed", None, EndReason.ERROR.value)
+    return applied
+
+
+def release_finished_slots(ctl: Control) -> list[str]:
+    """Free the slots of calls that ended without releasing them (a leak); returns their ids.
+
+    Safe to run at any time from anywhere: a slot is freed only when its call's record
+    is terminal or gone, never for a live call.
+    """
+    freed = []
+    for holder in ctl.admission.holders():
+        record = ctl.store.get(holder.call_id)
+        if (record is None or record.terminal) and ctl.admission.release(holder.call_id):
+            freed.append(holder.call_id)
+    if freed:
+        logger.warning("released %d leaked admission slots: %s", len(freed), ", ".join(freed))
+    return freed
+
+
+def reject_call(ctl: Control, call_id: str, status_code: int, reason: str = "rejected") -> bool:
+    """Refuse a call that is not yet answered; False if it was already decided or gone."""
+    if not 400 <= status_code <= 699:
+        raise InvalidRequest(f"SIP status {status_code} is not a final failure code (400-699)")
+    try:
+        ctl.realtime.reject(call_id, status_code)
+    except CallGone:
+        return False
+    fields = {"end_reason": reason, "reject_code": status_code, "ended_at": ctl.clock()}
+    change = ctl.store.transition(
+        call_id, {CallState.INCOMING, CallState.ACCEPTING}, CallState.REJECTED, fields
+    )
+    ctl.admission.release(call_id)
+    if change.applied:
+        _count(ctl, call_id, "rejected", None, reason)
+    return change.applied
+
+
+def transfer_uri(ctl: Control, target: str) -> str:
+    """A named transfer target's URI, or ``target`` itself if it is a sip:/tel: URI."""
+    named = ctl.policies.current().transfer_targets.get(target)
+    if named is not None:
+        return named
+    if valid_transfer_uri(target):
+        return target
+    raise InvalidRequest(f"unknown transfer target {target!r}: not a named target or URI")
+
+
+def refer_call(ctl: Control, call_id: str, target: str) -> str:
+    """Blind-transfer a live call to ``target`` (a name or URI); returns the URI used."""
+    uri = transfer_uri(ctl, target)
+    ctl.realtime.refer(call_id, uri)
+    return uri
+
+
+def hangup_call(ctl: Control, call_id: str) -> bool:
+    """End a call over REST; False if it had already ended (404)."""
+    try:
+        ctl.realtime.hangup(call_id)
+    except CallGone:
+        return False
+    return True

@@ -1,0 +1,93 @@
+"""The Celery application: Redis broker, one queue per kind of work, tuned for short tasks.
+
+Queues (``shared.queues``): ``control`` (route/accept/reject/refer/hang-up),
+``commands``, ``tools`` and ``post_call``; a deployment can run a worker per queue so
+slow tool calls never delay a ringing call. Choices and why:
+
+- prefetch 1: a worker takes one message per process, so a slow task never holds
+  others that another process could start now (call setup is latency-bound);
+- ``acks_late`` is off by default and switched on per task only where running twice is
+  harmless (``route_call`` is guarded by its claim, ``hangup_call`` by 404 = done):
+  those survive a worker crash, the others are never repeated. The broker hands a
+  dead worker's unacknowledged messages out again only after the visibility timeout,
+  far too late for a ringing call: ``workers.recovery`` resumes those routings within
+  seconds;
+- JSON only, no result backend (nothing reads task results; outcomes live in the
+  call record);
+- time limits well above the REST client's deadline, so a stuck task is killed
+  rather than holding a process forever;
+- the root logger is left alone: the process configures logging once, Celery adds to it.
+
+``create_app`` builds an app from ``Settings``; ``app`` is the one the worker command
+and ``celery -A workers.celery_app`` use, configured from the environment.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.queues import (
+    ALL_QUEUES,
+    CONTROL_QUEUE,
+    HANGUP_CALL_TASK,
+    POST_CALL_QUEUE,
+    POST_CALL_TASK,
+    REFER_CALL_TASK,
+    REJECT_CALL_TASK,
+    ROUTE_CALL_TASK,
+    RUN_TOOL_TASK,
+    TOOLS_QUEUE,
+)
+from shared.settings import Settings
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Used only when no Redis URL is configured, so that importing the app never fails."""
+
+TASK_SOFT_TIME_LIMIT_S = 30
+TASK_TIME_LIMIT_S = 45
+VISIBILITY_TIMEOUT_S = 600
+"""A late-acked message unacknowledged this long is delivered again.
+
+Must exceed the longest countdown of a late-acked task plus its time limit (a
+``post_call`` webhook retry waits up to 300 s), or a message a live worker holds for
+later would run twice.
+"""
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app on the Redis named by ``settings``."""
+    broker = settings.redis_url or DEFAULT_REDIS_URL
+    app = Celery("switchboard", broker=broker, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_queues=[Queue(name, routing_key=name) for name in ALL_QUEUES],
+        task_default_queue=CONTROL_QUEUE,
+        task_routes={
+            ROUTE_CALL_TASK: {"queue": CONTROL_QUEUE},
+            REJECT_CALL_TASK: {"queue": CONTROL_QUEUE},
+            REFER_CALL_TASK: {"queue": CONTROL_QUEUE},
+            HANGUP_CALL_TASK: {"queue": CONTROL_QUEUE},
+            RUN_TOOL_TASK: {"queue": TOOLS_QUEUE},
+            POST_CALL_TASK: {"queue": POST_CALL_QUEUE},
+        },
+        worker_prefetch_multiplier=1,
+        task_acks_late=False,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+app = create_app(Settings())

@@ -1,0 +1,99 @@
+"""The sideband of one session worker: attach, read and feed, attach again after drops.
+
+``Attachment.run`` attaches to the call (the first attach also moves the call
+``accepting -> active``, fenced), feeds every event to the core, and when the socket
+closes feeds ``on_closed`` with what the close means (``workers.sessions.reattach``):
+the end of the call returns, a drop attaches again (``fresh`` false). Refused attaches
+are retried with backoff while transient; a 404 means the caller is gone. Each attach
+and detach is noted in the call's events stream, with its kind: ``first``, ``reattach``
+(after a drop on this runner) or ``takeover`` (a call restored from another runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from shared.models import TERMINAL_STATES
+from workers.sessions import reattach
+from workers.sessions.connection import AttachFailed, Sideband, sideband_url
+
+if TYPE_CHECKING:
+    from workers.sessions.session_worker import SessionWorker
+
+logger = logging.getLogger(__name__)
+
+HIGH_WATER = 256
+"""Queued effects above which the reader waits for the pump (Redis is slower than us)."""
+
+
+class Attachment:
+    """The attach-read-reattach loop of one call (see the module docstring)."""
+
+    def __init__(self, worker: SessionWorker, *, fresh: bool, activate: bool) -> None:
+        self._w = worker
+        self._fresh = fresh
+        self._activate = activate
+        self._attached_before = False
+
+    async def run(self) -> None:
+        """Return when the call is over for this worker (its end fed to the core)."""
+        w = self._w
+        services, core = w.services, w.core
+        url = sideband_url(services.sideband_base_url, w.call_id)
+        failures, failing_since = 0, 0.0
+        while not core.state.ended and not w.lost:
+            try:
+                socket = await Sideband.open(url, services.api_key, services.sideband)
+            except AttachFailed as exc:
+                verdict = reattach.on_refused(exc.status)
+                if verdict == "retry":
+                    failures += 1
+                    failing_since = failing_since or time.monotonic()
+                    elapsed_s = time.monotonic() - failing_since
+                    delay_s = reattach.retry_in_s(failures, random.random(), elapsed_s)
+                    if delay_s is not None:
+                        await asyncio.sleep(delay_s)
+                        continue
+                    verdict = "error"
+                logger.info("call %s: %s; the session ends (%s)", w.call_id, exc, verdict)
+                w.feed(core.on_closed(time.time(), verdict))
+                return
+            failures, failing_since = 0, 0.0
+            w.socket = socket
+            if not await self._attached():
+                return
+            async for event in socket.events():
+                services.metrics.event(event.get("type"))
+                w.feed(core.on_event(event, time.time()))
+                if len(w.outbox) > HIGH_WATER:
+                    await w.outbox.idle.wait()
+            w.socket = None
+            if w.lost:  # closed by ``SessionWorker._last_words``: nothing more to do
+                return
+            closed = reattach.on_close(socket.close_code)
+            w.feed(core.on_closed(time.time(), closed))
+            w.effects.note("detached", close_code=socket.close_code, reason=closed)
+            if closed == "caller":
+                return
+
+    async def _attached(self) -> bool:
+        """Record the attach and feed it to the core; false if the call is over elsewhere."""
+        w, now_s = self._w, time.time()
+        if self._activate:
+            change = await w.services.store.activate(w.lease, now_s)
+            self._activate = False
+            if not change.applied and change.state in TERMINAL_STATES:
+                logger.warning("call %s is already %s", w.call_id, change.state)
+                w.feed(w.core.on_closed(now_s, "caller"))
+                return False
+        kind = "first" if self._fresh else ("reattach" if self._attached_before else "takeover")
+        self._attached_before = True
+        w.services.metrics.attached(kind)
+        w.effects.note("attached", kind=kind)
+        w.feed(w.core.on_attached(now_s, self._fresh))
+        self._fresh = False
+        return True

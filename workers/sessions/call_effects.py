@@ -1,0 +1,282 @@
+"""Carrying out a session core's effects for one call, in the order the core gave them.
+
+``CallEffects.carry_out`` takes a batch from the worker's outbox. Redis writes of the
+batch (transcript lines, lifecycle notes) are collected and sent as one fenced script
+before anything that acts outside Redis (a REST request, the end of the call) and at
+the end of the batch. What each effect becomes:
+
+- ``Send``: one frame on the sideband (lost if the socket just closed: the core holds
+  events only while it knows it is detached);
+- ``AppendTranscript``: ``XADD`` to the capped transcript stream;
+- ``AccrueUsage``: ``shared.accounting`` (once per response id; it also keeps the call
+  record's ``cost_usd`` and ``usage``);
+- ``RunTool``: claim the tool-call id in the Redis ledger, run the tool in the
+  background, feed its outcome back, then record it; a claimed id is never run again;
+- ``Refer`` / ``Hangup``: the REST call-control endpoints;
+- ``EndCall``: the final record (fenced compare-and-set to ``ended``), the admission slot
+  released, the outcome counted, the post-call task queued, the socket closed soon;
+- ``Observe``: runner metrics; ``CommandDone``: the command's result; ``Persist``: the
+  worker saves a snapshot soon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+
+from shared.accounting import AsyncAccounting
+from shared.errors import CallGone, SwitchboardError
+from shared.outage import TRANSIENT_ERRORS, through_outage
+from workers.sessions.effects import (
+    AccrueUsage,
+    AppendTranscript,
+    CommandDone,
+    Effect,
+    EndCall,
+    Hangup,
+    Observe,
+    Persist,
+    Refer,
+    RunTool,
+    Send,
+)
+from workers.sessions.lease import Op, Stale
+
+if TYPE_CHECKING:
+    from workers.sessions.session_worker import SessionWorker
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+UNKNOWN_TOOL_OUTCOME = "the tool was started before a failover and its outcome is unknown"
+
+
+OUTAGE_S = 30.0
+"""How long Redis work of an effect (records, usage, the end) is retried while Redis is
+unreachable (``shared.outage``): a restart must not cost a bill or a call's end."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A lifecycle event of the session (attached, detached, ended) for the events stream."""
+
+    kind: str
+    fields: Mapping[str, object]
+
+
+class CallEffects:
+    """The hands of one session worker (see the module docstring)."""
+
+    def __init__(self, worker: SessionWorker) -> None:
+        self._w = worker
+        self._tools: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.TimerHandle | None = None
+        self._accounting = AsyncAccounting(worker.services.redis, worker.plan.price_table)
+
+    def note(self, event: str, **fields: object) -> None:
+        self._w.queue(Note(event, fields))
+
+    async def carry_out(self, batch: list[Effect | Note]) -> None:
+        w = self._w
+        services, store = w.services, w.services.store
+        ops: list[Op] = []
+        for effect in batch:
+            if isinstance(effect, Send):
+                await self._send(effect.event)
+            elif isinstance(effect, AppendTranscript):
+                ops += store.transcript_op(w.call_id, effect.role, effect.text, effect.at)
+            elif isinstance(effect, Note):
+                ops += store.event_op(w.call_id, effect.kind, time.time(), effect.fields)
+            elif isinstance(effect, Persist):
+                w.outbox.mark_dirty()
+            elif isinstance(effect, Observe):
+                services.metrics.observe(effect.kind, effect.value)
+            elif isinstance(effect, AccrueUsage | CommandDone):
+                # Accounting and command results live in scripts of their own (first
+                # answer wins, once per response id); checking the lease just before
+                # keeps a stale worker out of them too.
+                await self._write(ops, check=True)
+                ops = []
+                if isinstance(effect, AccrueUsage):
+                    await self._accrue(effect)
+                else:
+                    await self._patiently(
+                        services.commands.record_result,
+                        w.call_id,
+                        effect.command_id,
+                        effect.ok,
+                        effect.detail,
+                    )
+            elif isinstance(effect, RunTool):
+                task = asyncio.create_task(self._run_tool(effect))
+                self._tools.add(task)
+                task.add_done_callback(self._tools.discard)
+            else:
+                await self._write(ops)
+                ops = []
+                if isinstance(effect, EndCall):
+                    await self._end(effect)
+                else:
+                    await self._control(effect)
+        await self._write(ops)
+
+    async def _patiently(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``op(*args)``, through a short Redis outage (it must be safe to repeat)."""
+        return await through_outage(lambda: op(*args), deadline_s=OUTAGE_S)
+
+    async def _write(self, ops: list[Op], *, check: bool = False) -> None:
+        """A fenced batch of Redis writes (a lost lease raises ``Stale``, never retried)."""
+        store, lease = self._w.services.store, self._w.lease
+        await through_outage(lambda: store.write(lease, ops, check=check), deadline_s=OUTAGE_S)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        socket = self._w.socket
+        if socket is None or not await socket.send(event):
+            logger.info("call %s: %s not sent, the socket closed", self._w.call_id, event["type"])
+
+    async def settle_bills(self, pending: list[Effect | Note]) -> None:
+        """Count the usage among effects a stopped session left undone.
+
+        The usage of a response is reported once, to this worker alone, and counting it
+        is idempotent per response id and needs no lease: so even a worker that lost its
+        lease (Redis was away too long) or crashed still counts what it was told.
+        """
+        bills = [effect for effect in pending if isinstance(effect, AccrueUsage)]
+        if bills:
+            logger.info("call %s: counting %d bills left undone", self._w.call_id, len(bills))
+            await asyncio.gather(*(self._accrue(bill) for bill in bills))
+
+    async def _accrue(self, effect: AccrueUsage) -> None:
+        # A response's usage is reported once and never again, so a Redis that is away
+        # for a moment must not cost it (``AsyncAccounting.accrue_retrying``).
+        w = self._w
+        try:
+            await self._accounting.accrue_retrying(
+                w.call_id,
+                w.plan.profile or None,
+                effect.model,
+                effect.response_id,
+                effect.usage,
+                deadline_s=OUTAGE_S,
+            )
+        except (SwitchboardError, ValueError, *TRANSIENT_ERRORS) as exc:
+            logger.error("call %s: usage of %s not counted: %s", w.call_id, effect.response_id, exc)
+
+    async def _control(self, effect: Refer | Hangup) -> None:
+        w = self._w
+        try:
+            if isinstance(effect, Refer):
+                await w.services.realtime.refer(w.call_id, effect.target_uri)
+            else:
+                await w.services.realtime.hangup(w.call_id)
+        except CallGone:
+            logger.info("call %s was already gone for %s", w.call_id, type(effect).__name__)
+        except SwitchboardError as exc:
+            logger.error("call %s: %s failed: %s", w.call_id, type(effect).__name__, exc)
+            self.note("control_failed", action=type(effect).__name__.lower(), error=str(exc))
+
+    async def _end(self, effect: EndCall) -> None:
+        w = self._w
+        services, state, now_s = w.services, w.core.state, time.time()
+        started_at = state.started_at or w.plan.started_at or now_s
+        duration_s = round(max(0.0, now_s - started_at), 3)
+        fields = {
+            "ended_at": now_s,
+            "duration_s": duration_s,
+            "caller_turns": state.caller_turns,
+            "agent_turns": state.agent_turns,
+            "end_detail": effect.detail,
+        }
+        change = await self._patiently(services.store.finish, w.lease, effect.reason, fields, now_s)
+        await self._patiently(services.admission.release, w.call_id)
+        if change.applied:
+            reason = effect.reason.value
+            try:
+                profile = w.plan.profile or None
+                await through_outage(
+                    lambda: self._accounting.count_outcome(
+                        "ended", profile, reason, call_id=w.call_id
+                    ),
+                    deadline_s=OUTAGE_S,
+                )
+            except ValueError as exc:
+                logger.error("call %s: outcome not counted: %s", w.call_id, exc)
+            await self._patiently(services.post_call, w.call_id)
+            services.metrics.ended(reason)
+            services.metrics.call_duration_s.observe(duration_s)
+            services.metrics.call_cost_usd.observe(float(state.cost.total_usd))
+            self.note("ended", reason=reason, detail=effect.detail)
+        # The API closes the socket of an ended call; if it does not, we do.
+        self._closing = asyncio.get_running_loop().call_later(
+            services.timing.after_end_s, lambda: self._w.close_socket_soon()
+        )
+
+    async def _run_tool(self, effect: RunTool) -> None:
+        w = self._w
+        store = w.services.store
+        ran = False
+        try:
+            claim = await store.claim_tool(w.lease, effect.tool_call_id)
+            if claim.run:
+                ok, output = await w.services.run_tool(
+                    effect.name, effect.arguments, effect.timeout_s
+                )
+                ran = True
+            elif claim.ok is not None:
+                ok, output = claim.ok, claim.output or ""
+            else:
+                ok, output = False, UNKNOWN_TOOL_OUTCOME
+        except Stale:
+            w.lose()
+            return
+        except (SwitchboardError, OSError, redis.RedisError) as exc:
+            logger.error("call %s: tool %s failed to run: %s", w.call_id, effect.name, exc)
+            ok, output = False, f"{effect.name} could not be run"
+        # The output goes to the model first; the ledger records it meanwhile (the claim
+        # above already keeps the tool from running twice).
+        w.on_tool_result(effect.tool_call_id, ok, output)
+        if ran:
+            try:
+                await store.write(
+                    w.lease, store.tool_done_op(w.call_id, effect.tool_call_id, ok, output)
+                )
+            except Stale:
+                w.lose()
+            except redis.RedisError as exc:
+                logger.error("call %s: outcome of %s not recorded: %s", w.call_id, effect.name, exc)
+
+    async def resume_tools(self, core_snapshot: Mapping[str, Any]) -> None:
+        """After a take-over: feed the ledger's outcomes of tools the snapshot left running."""
+        tools = core_snapshot.get("tools")
+        if not isinstance(tools, Mapping):
+            return
+        for tool_call_id, call in tools.items():
+            if isinstance(call, Mapping) and call.get("ok") is None:
+                claim = await self._w.services.store.tool_outcome(self._w.call_id, tool_call_id)
+                if claim is not None and claim.ok is not None:
+                    self._w.on_tool_result(tool_call_id, claim.ok, claim.output or "")
+
+    @property
+    def tools_running(self) -> bool:
+        return bool(self._tools)
+
+    async def wait_tools(self, timeout_s: float) -> None:
+        if self._tools:
+            await asyncio.wait(set(self._tools), timeout=timeout_s)
+
+    async def cancel_tools(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
+        tasks = set(self._tools)
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,175 @@
+"""The pure per-call session core (sans-I/O): feed it what happened, carry out its effects.
+
+One ``SessionProtocol`` per live call. Its adapter feeds decoded server events, clock
+ticks, operator commands, tool results and socket attach/close; every feed returns the
+``workers.sessions.effects`` to carry out, in order, and ``next_deadline()`` says when
+to tick next. Times are wall-clock Unix seconds, so deadlines and the call's start
+survive a failover to another machine (``snapshot()`` / ``restore()``).
+
+Decisions worth knowing:
+
+- The greeting is spoken on the first attach of a fresh call only, never on a re-attach.
+- Each ``response.done`` is priced once per response id (kept for the last
+  ``PRICED_IDS_KEPT`` ids), also after the call ended, so that cost reconciles with what
+  the API billed; a response without an id is not priced; usage that cannot be priced
+  (malformed, cached > input) is counted as ``Observe("usage_rejected")`` and skipped.
+- Malformed events never raise and never end the call: a field of the wrong type makes
+  the event count as if the field were absent, and unknown event types are ignored.
+- All ``response.create`` go through the ``ResponseGate``; tool outputs, after all
+  pending calls of a response are answered and that response is done, are followed by a
+  single ``response.create``.
+- A decided end goes through a ``Finale`` (the agent's last words first, then Refer or
+  Hangup, then ``EndCall``); ``EndCall`` is emitted at most once. A caller hangup ends
+  the call with ``caller_hangup``, or with the pending hangup's own reason.
+- While the socket is detached, client events are held and sent on the next attach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from shared.models import EndReason
+from workers.sessions.client_events import error_output
+from workers.sessions.commands import Command
+from workers.sessions.control import CallControl
+from workers.sessions.effects import CommandDone, Effect
+from workers.sessions.events import ServerEvents
+from workers.sessions.plan import SessionPlan
+from workers.sessions.state import SessionState
+
+ClosedReason = Literal["caller", "drop", "error"]
+"""``caller``: the call is over (the caller hung up); ``drop``: the socket was lost and
+will be re-attached; ``error``: the session failed and cannot go on."""
+
+
+class SessionProtocol:
+    """The decisions of one call's session worker, with no I/O (see the module docstring)."""
+
+    def __init__(self, plan: SessionPlan, state: SessionState | None = None) -> None:
+        self._plan = plan
+        self._s = state if state is not None else SessionState(plan.call_id, plan.started_at)
+        self._c = CallControl(plan, self._s)
+        self._events = ServerEvents(plan, self._s, self._c)
+
+    @classmethod
+    def restore(cls, plan: SessionPlan, snapshot: Mapping[str, Any]) -> SessionProtocol:
+        """Continue a call from another runner's ``snapshot()``; raises ``SnapshotError``."""
+        return cls(plan, SessionState.from_json(plan.call_id, snapshot))
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state for ``restore`` (format in ``workers.sessions.state``)."""
+        return self._s.to_json(self._plan.model)
+
+    @property
+    def state(self) -> SessionState:
+        return self._s
+
+    # Feeds -------------------------------------------------------------------------
+
+    def on_attached(self, now_s: float, fresh: bool) -> list[Effect]:
+        s = self._s
+        if s.ended:
+            return []
+        s.attached = True
+        if s.started_at is None:
+            s.started_at = now_s
+        s.gate.reset(now_s)
+        s.playing.clear()
+        if fresh and not s.greeted and self._plan.greeting_instructions:
+            s.gate.request(self._plan.greeting_instructions)
+        s.greeted = True
+        held, s.held = s.held, []
+        for event in held:
+            self._c.send(event)
+        self._c.dirty = True
+        return self._c.drain(now_s)
+
+    def on_event(self, event: Mapping[str, Any], now_s: float) -> list[Effect]:
+        if not self._events.handle(event, now_s):
+            return []
+        return self._c.drain(now_s)
+
+    def on_tick(self, now_s: float) -> list[Effect]:
+        s = self._s
+        if s.ended:
+            return []
+        for call_id, timeout_s in s.tools.overdue(now_s):
+            call = s.tools.finish(call_id, False, "")
+            if call is not None:
+                call.output = error_output(f"{call.name} timed out after {timeout_s:g} s")
+                self._c.answer_tool(call_id, call.output)
+                self._c.observe("tool_timeouts", 1.0)
+        if s.finale is not None and s.finale.due(now_s):
+            self._c.fire(now_s)
+        limit_at = self._duration_limit_at()
+        if limit_at is not None and now_s >= limit_at:
+            wrap = self._plan.max_duration_wrap_up
+            self._c.wrap_up("max_duration", EndReason.MAX_DURATION, wrap, now_s)
+        return self._c.drain(now_s)
+
+    def on_command(self, command: Command, now_s: float) -> list[Effect]:
+        s, cid = self._s, command.command_id
+        if cid in s.commands:
+            ok, detail = s.commands[cid]
+            self._c.emit(CommandDone(cid, ok, detail))
+        elif s.finale is not None and s.finale.command_id == cid:
+            return []  # In flight: its CommandDone comes when the transfer or hangup happens.
+        elif s.ended:
+            self._c.complete(cid, False, "call ended", now_s, None)
+        else:
+            issued = command.issued_at
+            at = issued if issued is not None and _is_number(issued) else now_s
+            self._c.apply_command(command, now_s, at)
+        return self._c.drain(now_s)
+
+    def on_tool_result(self, call_id: str, output: str, ok: bool, now_s: float) -> list[Effect]:
+        call = self._s.tools.finish(call_id, ok, output)
+        if call is None:
+            return []  # Unknown, already answered, or timed out: never answer twice.
+        self._c.observe("tool_latency_s", max(0.0, now_s - call.started_at))
+        if not ok:
+            call.output = error_output(output.strip() or f"{call.name} failed")
+        if not self._s.ended:
+            self._c.answer_tool(call_id, call.output or "")
+        self._c.dirty = True
+        return self._c.drain(now_s)
+
+    def on_closed(self, now_s: float, reason: ClosedReason) -> list[Effect]:
+        s = self._s
+        s.attached = False
+        finale = s.finale
+        if s.ended:
+            pass
+        elif reason == "caller" and finale is not None and finale.action == "hangup":
+            # The hangup we were about to do happened anyway: it keeps its reason.
+            s.finale = None
+            if finale.command_id is not None:
+                self._c.complete(finale.command_id, True, "the caller hung up first", now_s, None)
+            self._c.end(finale.reason, finale.detail, now_s)
+        elif reason == "caller":
+            self._c.end(EndReason.CALLER_HANGUP, None, now_s)
+        elif reason == "error":
+            self._c.end(EndReason.ERROR, "session closed with an error", now_s)
+        self._c.dirty = True
+        return self._c.drain(now_s)
+
+    def next_deadline(self) -> float | None:
+        """When ``on_tick`` must run next (Unix s), or ``None`` if nothing is timed."""
+        s = self._s
+        if s.ended:
+            return None
+        deadlines = [s.tools.deadline(), s.gate.deadline(), self._duration_limit_at()]
+        if s.finale is not None:
+            deadlines.append(s.finale.deadline_at)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def _duration_limit_at(self) -> float | None:
+        s, max_s = self._s, self._plan.max_duration_s
+        if max_s is None or s.started_at is None or "max_duration" in s.limits_fired:
+            return None
+        return s.started_at + max_s
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
