@@ -119,12 +119,12 @@ class LosesStepTwoOnce(redis.asyncio.Redis):
 
 
 async def test_a_retry_after_step_one_finishes_the_cluster_counters_once(
-    redis_server: str,
+    redis_url: str,
 ) -> None:
-    setup = redis.Redis.from_url(redis_server)
+    setup = redis.Redis.from_url(redis_url)
     new_call(setup, "rtc_half")
     setup.close()
-    client = LosesStepTwoOnce.from_url(redis_server)
+    client = LosesStepTwoOnce.from_url(redis_url)
     retried: list[Exception] = []
     try:
         books = AsyncAccounting(client, TABLE)
@@ -136,7 +136,7 @@ async def test_a_retry_after_step_one_finishes_the_cluster_counters_once(
         expected = cost_of(USAGE, "gpt-realtime", TABLE).total_usd
         assert (await books.cluster_totals()).cost_usd == expected
         assert (await books.cluster_totals()).responses == 1
-        assert record_cost(redis_server, "rtc_half") == expected
+        assert record_cost(redis_url, "rtc_half") == expected
         assert await client.hget(keys.call_counted("rtc_half"), "resp_1") == b"done"
     finally:
         await client.aclose()
