@@ -32,10 +32,7 @@ def validate_body(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = schema_error(exc.errors()[0], data, hints or {})
-        if param_prefix:
-            error.param = f"{param_prefix}.{error.param}" if error.param else param_prefix
-        raise error from None
+        raise schema_error(exc.errors()[0], data, hints or {}, param_prefix) from None
 
 
 def param_path(loc: tuple[int | str, ...], data: Any, *, missing: bool = False) -> str:
@@ -60,17 +57,25 @@ def param_path(loc: tuple[int | str, ...], data: Any, *, missing: bool = False) 
     return path
 
 
-def schema_error(error: Any, data: Any, hints: Mapping[str, str]) -> ApiError:
-    """One pydantic error as the 400 answer the real API gives for it."""
+def schema_error(
+    error: Any, data: Any, hints: Mapping[str, str], param_prefix: str = ""
+) -> ApiError:
+    """One pydantic error as the 400 answer the real API gives for it.
+
+    ``param`` (and the message) name the field by its full path, ``param_prefix`` first.
+    """
     kind: str = error["type"]
     param = param_path(tuple(error["loc"]), data, missing=kind == "missing")
     if kind in ("union_tag_not_found", "union_tag_invalid"):
         # Every discriminated union in these schemas switches on ``type``.
         param = f"{param}.type" if param else "type"
+    hint = hints.get(param)
+    if param_prefix:
+        param = f"{param_prefix}.{param}" if param else param_prefix
     if kind == "extra_forbidden":
         message = f"Unknown parameter: '{param}'."
-        if param in hints:
-            message += " " + hints[param]
+        if hint:
+            message += " " + hint
         return ApiError(400, message, param=param, code="unknown_parameter")
     if kind in ("missing", "union_tag_not_found"):
         return ApiError(

@@ -76,9 +76,12 @@ def emulator_command(
             try:
                 base64.b64decode(webhook_secret.removeprefix("whsec_"), validate=True)
             except binascii.Error:
-                raise typer.BadParameter(
-                    "the part after whsec_ is not base64", param_hint="--webhook-secret"
-                ) from None
+                typer.echo(
+                    "error: --webhook-secret (OPENAI_WEBHOOK_SECRET): "
+                    "the part after whsec_ is not base64",
+                    err=True,
+                )
+                raise typer.Exit(2) from None
         settings["webhook_secret"] = webhook_secret
     try:
         config = EmulatorConfig.model_validate(settings)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from emulator.app import create_app
@@ -16,7 +18,7 @@ from emulator.context import EmulatorContext
 from emulator.dialer import Dialer, UnknownScenarioError
 from emulator.traffic import MIX_WEIGHTS, TrafficGenerator
 from tests.emulator.conftest import SdkFactory, WebhookReceiver
-from tests.support.emulator import spawned_emulator
+from tests.support.emulator import DEFAULT_SECRET, spawned_emulator
 from tests.support.ports import free_port
 from tests.support.procs import switchboard_argv, wait_until
 
@@ -87,14 +89,54 @@ def test_command_places_calls_and_sends_their_webhooks(
         assert denied.status_code == 401
 
 
-def test_command_refuses_an_unknown_scenario() -> None:
-    argv = ["--port", str(free_port()), "--calls-per-second", "1", "--scenario", "no-such"]
-    result = subprocess.run(
-        switchboard_argv("emulator", *argv),
+FLAG_SECRET = "whsec_" + base64.b64encode(b"a secret given on the command line").decode()
+
+
+def test_command_flags_override_the_environment(
+    tmp_path: Path, receiver: WebhookReceiver, sdk: SdkFactory
+) -> None:
+    args = ["--webhook-url", receiver.url, "--api-key", "sk-flag", "--webhook-secret", FLAG_SECRET]
+    with spawned_emulator(tmp_path, *args, api_key="sk-env") as emu:
+        assert emu.webhook_secret == DEFAULT_SECRET  # what the environment says
+        call_id = emu.place_call()
+        [(body, headers)] = receiver.wait_for(1)
+        client = sdk(emu, api_key="sk-flag")
+        event = client.webhooks.unwrap(body, headers, secret=FLAG_SECRET)
+        assert event.data.call_id == call_id
+        with pytest.raises(openai.InvalidWebhookSignatureError):
+            client.webhooks.unwrap(body, headers, secret=DEFAULT_SECRET)
+        client.realtime.calls.accept(call_id, type="realtime")
+        other_key = {"Authorization": "Bearer sk-env"}
+        denied = httpx.post(f"{emu.api_url}/realtime/calls/{call_id}/hangup", headers=other_key)
+        assert emu.call(call_id)["state"] == "active"
+    assert denied.status_code == 401
+    error = denied.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+    assert "sk-env" not in denied.text
+
+
+def run_command(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        switchboard_argv("emulator", "--port", str(free_port()), *argv),
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_command_refuses_an_unknown_scenario() -> None:
+    result = run_command("--calls-per-second", "1", "--scenario", "no-such")
     assert result.returncode == 2
     assert "no-such" in result.stderr
+
+
+def test_command_refuses_a_secret_that_is_not_base64() -> None:
+    secret = "whsec_not*base64*at-all"
+    result = run_command("--webhook-secret", secret)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --webhook-secret (OPENAI_WEBHOOK_SECRET): the part after whsec_ is not base64"
+    ]
+    assert "not*base64" not in result.stdout + result.stderr
