@@ -1,4 +1,5 @@
-"""The accept body is checked as a GA session: 400 naming the field, and nothing changes."""
+"""The accept body and ``session.update`` are checked as a GA session: the error names the
+field, and nothing changes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from emulator.session_schema import RealtimeSession
 from emulator.validation import param_path
 from tests.emulator.conftest import SdkFactory
+from tests.emulator.sideband_agent import validate
 from tests.support.emulator import EmulatorHandle
 
 BAD_SESSIONS: list[tuple[dict[str, Any], str, str]] = [
@@ -91,6 +95,58 @@ def test_bad_accept_body_is_400_naming_the_field(
         assert error["code"] == code
     truth = emulator.call(call_id)
     assert (truth["state"], truth["accept"]) == ("ringing", None)
+
+
+BAD_UPDATES = [
+    *BAD_SESSIONS,
+    ({"type": "realtime", "audio": {"output": {"speed": 9}}}, "audio.output.speed", ""),
+    (
+        {"type": "realtime", "audio": {"input": {"transcription": {"model": "x", "mood": 1}}}},
+        "audio.input.transcription.model",
+        "invalid_value",
+    ),
+    (
+        {"type": "realtime", "audio": {"input": {"noise_reduction": {"strength": 1, "x": 1}}}},
+        "audio.input.noise_reduction.x",
+        "unknown_parameter",
+    ),
+    ({"type": "realtime", "tools": [{"type": "function", "name": "f", "strict": True}]}, "", ""),
+    ({"type": "realtime", "instructions": 7}, "instructions", "invalid_type"),
+]
+
+
+async def test_bad_session_update_is_an_error_naming_the_field(
+    emulator: EmulatorHandle, sdk: SdkFactory
+) -> None:
+    call_id = emulator.place_call()
+    sdk(emulator).realtime.calls.accept(call_id, type="realtime", instructions="Be brief.")
+    headers = {"Authorization": f"Bearer {emulator.api_key}"}
+    url = f"{emulator.ws_url}/realtime?call_id={call_id}"
+    async with connect(url, additional_headers=headers) as ws:
+        created = orjson.loads(await ws.recv())
+        for index, (session, _, _) in enumerate(BAD_UPDATES):
+            update = {"type": "session.update", "event_id": f"u{index}", "session": session}
+            await ws.send(orjson.dumps(update).decode())
+        await ws.send(orjson.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+        replies = [orjson.loads(await ws.recv())]
+        while replies[-1]["type"] != "session.updated":
+            replies.append(orjson.loads(await ws.recv()))
+    for reply in replies:
+        validate(reply)
+    errors = {e["error"]["event_id"]: e["error"] for e in replies if e["type"] == "error"}
+    assert len(errors) == len(BAD_UPDATES)
+    for index, (_, param, code) in enumerate(BAD_UPDATES):
+        error = errors[f"u{index}"]
+        assert error["type"] == "invalid_request_error"
+        if param:
+            assert error["param"] == f"session.{param}", error
+            assert f"'session.{param}'" in error["message"]
+        else:
+            assert error["param"].startswith("session."), error
+        if code:
+            assert error["code"] == code, error
+    assert replies[-1]["session"] == created["session"]  # none of them changed anything
+    assert emulator.call(call_id)["defects"] == []
 
 
 def test_sdk_sees_the_param_of_a_beta_field(emulator: EmulatorHandle, sdk: SdkFactory) -> None:
