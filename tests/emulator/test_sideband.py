@@ -1,15 +1,16 @@
-"""The sideband websocket against the official SDK: attach, tool flow, client events,
-handshake refusals, hangup, faults and re-attachment."""
+"""The sideband websocket against the official SDK: the events of a turn and their order,
+attach, tool flow, client events, handshake refusals, hangup, faults and re-attachment."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from tests.emulator.sideband_agent import (
     LOOKUP_ORDER,
@@ -29,6 +30,233 @@ from tests.support.emulator import EmulatorHandle
 def emu() -> Any:
     with fast_emulator() as handle:
         yield handle
+
+
+class Frames:
+    """A call-attached raw websocket whose every server frame is validated against the
+    SDK's server-event union and kept, in order, in ``seen``."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(self, **client_event: Any) -> None:
+        await self.ws.send(orjson.dumps(client_event).decode())
+
+    async def next(self) -> dict[str, Any]:
+        body: dict[str, Any] = orjson.loads(await self.ws.recv())
+        validate(body)
+        self.seen.append(body)
+        return body
+
+    async def until(self, kind: str) -> list[dict[str, Any]]:
+        """Frames up to and including the next one of type ``kind``."""
+        frames = [await self.next()]
+        while frames[-1]["type"] != kind:
+            frames.append(await self.next())
+        return frames
+
+    async def rest(self) -> list[dict[str, Any]]:
+        """Every frame until the server closes the socket."""
+        frames: list[dict[str, Any]] = []
+        try:
+            while True:
+                frames.append(await self.next())
+        except ConnectionClosed:
+            return frames
+
+
+def attached(emu: EmulatorHandle, call_id: str) -> Any:
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    return connect(f"{emu.ws_url}/realtime?call_id={call_id}", additional_headers=headers)
+
+
+def collapse(kinds: list[str]) -> list[str]:
+    """``kinds`` with each run of one type (deltas) reduced to one entry."""
+    return [kind for index, kind in enumerate(kinds) if index == 0 or kinds[index - 1] != kind]
+
+
+def one_turn(transcribed: bool) -> list[str]:
+    """The GA events of one caller turn answered in speech, in the order they are sent."""
+    transcription = [
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+    ]
+    return [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        *(transcription if transcribed else []),
+        "conversation.item.done",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "output_audio_buffer.started",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+        "output_audio_buffer.stopped",
+    ]
+
+
+@pytest.mark.parametrize("transcribed", [True, False])
+async def test_a_turn_emits_the_ga_events_in_order(emu: EmulatorHandle, transcribed: bool) -> None:
+    audio = {"input": {"transcription": {"model": "gpt-4o-transcribe"}}} if transcribed else {}
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "quick-question", audio=audio)
+    async with attached(emu, call_id) as ws:
+        frames = Frames(ws)
+        await frames.until("output_audio_buffer.stopped")
+    kinds = types_of(frames.seen)
+    assert kinds[0] == "session.created"
+    turn = frames.seen[1:]
+    assert collapse(types_of(turn)) == one_turn(transcribed)
+
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for body in turn:
+        by_type.setdefault(body["type"], []).append(body)
+    started, stopped = by_type["input_audio_buffer.speech_started"][0], turn[1]
+    assert started["audio_start_ms"] < stopped["audio_end_ms"]
+    user_item = by_type["conversation.item.done"][0]["item"]
+    assert user_item["role"] == "user"
+    user_ids = {started["item_id"], stopped["item_id"], turn[2]["item_id"], user_item["id"]}
+    user_ids |= {e["item"]["id"] for e in by_type["conversation.item.added"][:1]}
+    user_ids |= {e["item_id"] for k, v in by_type.items() if "transcription" in k for e in v}
+    assert len(user_ids) == 1
+    heard = user_item["content"][0]["transcript"]
+    if transcribed:
+        deltas = by_type["conversation.item.input_audio_transcription.delta"]
+        completed = by_type["conversation.item.input_audio_transcription.completed"][0]
+        assert "".join(e["delta"] for e in deltas) == completed["transcript"] == heard
+        assert heard == "Hi, what are your opening hours on Saturday?"
+    else:
+        assert heard is None
+
+    response = by_type["response.done"][0]["response"]
+    assert by_type["response.created"][0]["response"]["id"] == response["id"]
+    assert response["status"] == "completed"
+    assert {e["response_id"] for e in turn if "response_id" in e} == {response["id"]}
+    assistant_added = by_type["conversation.item.added"][1]
+    assert assistant_added["previous_item_id"] == user_item["id"]
+    reply_id = assistant_added["item"]["id"]
+    assert {e["item_id"] for e in turn if "response_id" in e and "item_id" in e} == {reply_id}
+    assert by_type["response.output_item.added"][0]["item"]["id"] == reply_id
+    assert by_type["conversation.item.done"][1]["item"]["id"] == reply_id
+    said = "".join(e["delta"] for e in by_type["response.output_audio_transcript.delta"])
+    done = by_type["response.output_audio_transcript.done"][0]["transcript"]
+    expected = "We're open from nine in the morning to five in the afternoon on Saturdays."
+    assert said == done == expected
+    assert response["output"][0]["content"][0]["transcript"] == expected
+    assert response["usage"]["output_token_details"]["audio_tokens"] > 0
+
+
+async def test_the_model_waits_for_response_create_after_a_tool_output(
+    emu: EmulatorHandle,
+) -> None:
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "order-status", tools=TOOLS)
+    async with attached(emu, call_id) as ws:
+        frames = Frames(ws)
+        tool_call = (await frames.until("response.done"))[-1]["response"]["output"][0]
+        assert tool_call["type"] == "function_call"
+        output_item = {"type": "function_call_output", "id": "item_tool_output_1"}
+        output_item |= {"call_id": tool_call["call_id"], "output": ORDER_OUTPUT}
+        await frames.send(type="conversation.item.create", item=output_item)
+        # A round trip: the server has acted on the item before it answers this.
+        await frames.send(type="conversation.item.retrieve", item_id="item_tool_output_1")
+        meanwhile = await frames.until("conversation.item.retrieved")
+        waiting = emu.call(call_id)
+        await frames.send(type="response.create")
+        answer = await frames.until("response.done")
+    assert types_of(meanwhile) == [
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.retrieved",
+    ]
+    assert meanwhile[-1]["item"]["output"] == ORDER_OUTPUT
+    assert waiting["responses"] == 1
+    assert types_of(waiting["events_sent"]).count("response.created") == 1
+    assert [o["output"] for o in waiting["tool_outputs"]] == [ORDER_OUTPUT]
+    assert answer[0]["type"] == "response.created"
+    said = next(e for e in answer if e["type"] == "response.output_audio_transcript.done")
+    assert ORDER_OUTPUT in said["transcript"]
+    assert emu.call(call_id, events=False)["responses"] == 2
+
+
+ON_HOLD = "description: Stays on the line without a word.\ngreeting_wait_s: 0\nsteps:\n"
+ON_HOLD += "  - silence_s: 600\n"
+LONG_LINE = " ".join(["Please hold while I look into every detail of your request."] * 3)
+
+
+async def test_events_of_client_requests_validate_against_the_sdk(tmp_path: Path) -> None:
+    (tmp_path / "on-hold.yaml").write_text(ON_HOLD, encoding="utf-8")
+    with fast_emulator(time_scale=0.2, scenario_dirs=[tmp_path]) as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "on-hold")
+            async with attached(emu, call_id) as ws:
+                frames = Frames(ws)
+                await frames.until("session.created")
+                user = {"type": "message", "id": "item_user_1", "role": "user"}
+                user["content"] = [{"type": "input_text", "text": "Where is my parcel?"}]
+                await frames.send(type="conversation.item.create", item=user)
+                await frames.until("conversation.item.done")
+                speak = {"instructions": f'Say "{LONG_LINE}"'}
+                await frames.send(type="response.create", response=speak)
+                spoken = (await frames.until("response.done"))[-1]["response"]
+                await frames.send(type="output_audio_buffer.clear")  # still playing
+                cleared = (await frames.until("output_audio_buffer.cleared"))[-1]
+                reply_id = spoken["output"][0]["id"]
+                truncate = {"item_id": reply_id, "content_index": 0, "audio_end_ms": 1500}
+                await frames.send(type="conversation.item.truncate", **truncate)
+                truncated = (await frames.until("conversation.item.truncated"))[-1]
+                await frames.send(type="conversation.item.retrieve", item_id="item_user_1")
+                retrieved = (await frames.until("conversation.item.retrieved"))[-1]
+                await frames.send(type="response.create", response=speak)
+                await frames.until("response.created")
+                await frames.send(type="response.cancel")
+                cancelled = (await frames.until("response.done"))[-1]["response"]
+                await frames.send(type="input_audio_buffer.clear")
+                await frames.until("input_audio_buffer.cleared")
+                await frames.send(type="conversation.item.delete", item_id="item_user_1")
+                deleted = (await frames.until("conversation.item.deleted"))[-1]
+                bad = [
+                    {"type": "conversation.item.retrieve", "item_id": "item_user_1"},
+                    {"type": "conversation.item.delete", "item_id": "item_user_1"},
+                    {"type": "conversation.item.truncate", "item_id": "item_nope"},
+                    {"type": "response.cancel"},
+                    {"type": "input_audio_buffer.commit"},
+                    {"type": "session.update", "session": {"type": "realtime", "speed": 1}},
+                ]
+                for index, body in enumerate(bad):
+                    await frames.send(**body, event_id=f"bad_{index}")
+                while len([f for f in frames.seen if f["type"] == "error"]) < len(bad):
+                    await frames.next()
+                await client.realtime.calls.hangup(call_id)
+                await frames.rest()
+        truth = emu.call(call_id)
+    assert (spoken["status"], cancelled["status"]) == ("completed", "cancelled")
+    assert cancelled["status_details"]["reason"] == "client_cancelled"
+    assert cleared["response_id"] == spoken["id"]
+    assert (truncated["item_id"], truncated["audio_end_ms"]) == (reply_id, 1500)
+    assert retrieved["item"]["content"][0]["text"] == "Where is my parcel?"
+    assert deleted["item_id"] == "item_user_1"
+    errors = [f["error"] for f in frames.seen if f["type"] == "error"]
+    assert [e["event_id"] for e in errors] == [f"bad_{index}" for index in range(len(bad))]
+    assert [e["code"] for e in errors] == [
+        "item_retrieve_invalid_item_id",
+        "item_delete_invalid_item_id",
+        "item_truncate_invalid_item_id",
+        "response_cancel_not_active",
+        "input_audio_buffer_commit_empty",
+        "unknown_parameter",
+    ]
+    assert truth["ended_by"] == "hangup"
+    assert types_of(truth["events_sent"]) == types_of(frames.seen)
 
 
 async def test_sdk_attaches_and_answers_a_tool_call(emu: EmulatorHandle) -> None:
