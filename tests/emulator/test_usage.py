@@ -3,6 +3,7 @@ the sum of the usage blocks a client received."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +107,56 @@ async def test_ground_truth_equals_the_sum_of_received_usage() -> None:
     # The whole conversation so far is input: it only grows.
     inputs = [u["input_tokens"] for u in usages]
     assert inputs == sorted(inputs)
+
+
+TWO_TURNS = """\
+description: Two turns of known length and wording.
+steps:
+  - say: Do you deliver on Sundays?
+    seconds: 2.5
+    reply: Yes, we deliver on Sundays.
+  - say: Great, bye.
+    seconds: 1.2
+    reply: Goodbye!
+"""
+
+
+async def test_usage_of_a_scripted_call_is_exact(tmp_path: Path) -> None:
+    (tmp_path / "two-turns.yaml").write_text(TWO_TURNS, encoding="utf-8")
+    with fast_emulator(scenario_dirs=[tmp_path]) as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "two-turns", instructions="Be brief.")
+            received = await run_agent(client, call_id)
+        truth = emu.call(call_id, events=False)
+    first, second = [flatten(e.response.usage) for e in received if e.type == "response.done"]
+    # Input: the instructions "Be brief." (3 text tokens) and 2.5 s of caller audio at
+    # 10 tokens/s. Output: "Yes, we deliver on Sundays." is 7 text tokens, and its five
+    # words take 2 s to say (2.5 words/s) at 20 tokens/s.
+    assert first == {
+        "input_tokens": 28,
+        "output_tokens": 47,
+        "total_tokens": 75,
+        "input_text_tokens": 3,
+        "input_audio_tokens": 25,
+        "cached_tokens": 0,
+        "cached_text_tokens": 0,
+        "cached_audio_tokens": 0,
+        "output_text_tokens": 7,
+        "output_audio_tokens": 40,
+    }
+    # Input: the same header and first turn (cached), the spoken reply (40 audio tokens)
+    # and 1.2 s of caller audio. Output: "Goodbye!" is 2 text tokens; one word lasts the
+    # 0.4 s minimum, 8 audio tokens.
+    assert second == {
+        "input_tokens": 80,
+        "output_tokens": 10,
+        "total_tokens": 90,
+        "input_text_tokens": 3,
+        "input_audio_tokens": 77,
+        "cached_tokens": 28,
+        "cached_text_tokens": 3,
+        "cached_audio_tokens": 25,
+        "output_text_tokens": 2,
+        "output_audio_tokens": 8,
+    }
+    assert truth["usage"] == {key: first[key] + second[key] for key in USAGE_FIELDS}
