@@ -7,6 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
+from emulator.app import create_app
+from emulator.config import EmulatorConfig
 from tests.emulator.conftest import SdkFactory
 from tests.support.emulator import EmulatorHandle
 
@@ -86,3 +88,34 @@ def test_unknown_call_and_path_are_404_in_the_openai_shape(emulator: EmulatorHan
 
 def test_healthz(emulator: EmulatorHandle) -> None:
     assert httpx.get(f"{emulator.base_url}/healthz").json() == {"status": "ok"}
+
+
+CONTROL_REQUESTS = [
+    ("POST", "/_emulator/calls"),
+    ("GET", "/_emulator/calls"),
+    ("GET", "/_emulator/calls/rtc_any"),
+    ("GET", "/_emulator/ledger"),
+    ("GET", "/_emulator/faults"),
+    ("POST", "/_emulator/faults"),
+]
+
+
+async def test_control_surface_refuses_clients_off_loopback() -> None:
+    app = create_app(EmulatorConfig())
+    place = {"from": "+14155550100", "to": "+18005550100", "scenario": "quick-question"}
+    bodies = {"/_emulator/calls": place, "/_emulator/faults": {"rest_5xx_rate": 1.0}}
+    remote = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with (
+        httpx.AsyncClient(transport=remote, base_url="http://emulator") as outsider,
+        httpx.AsyncClient(transport=local, base_url="http://emulator") as insider,
+    ):
+        for method, path in CONTROL_REQUESTS:
+            refused = await outsider.request(method, path, json=bodies.get(path))
+            assert refused.status_code == 403, (method, path)
+            assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+            assert "loopback" in refused.json()["error"]["message"]
+        assert (await outsider.get("/healthz")).status_code == 200
+        assert (await insider.get("/_emulator/ledger")).json()["calls"] == 0
+        assert (await insider.get("/_emulator/faults")).json()["rest_5xx_rate"] == 0.0
+    assert app.state.ctx.registry.all() == []
