@@ -318,9 +318,9 @@ def test_refer_hangup_and_reject_verbs(ctl: Control, emu: EmulatorHandle) -> Non
         actions.refer_call(ctl, other, "human")
     with pytest.raises(InvalidRequest, match="400-699"):
         actions.reject_call(ctl, other, 200, claim="cmd-1")
-    assert ctl.store.get(other) == ctl.store.get(other)  # readable, unchanged below
     unchanged = ctl.store.get(other)
-    assert unchanged is not None and unchanged.state is CallState.INCOMING
+    assert unchanged is not None
+    assert unchanged.state is CallState.INCOMING
     assert actions.reject_call(ctl, other, 503, "maintenance", claim="cmd-1") is True
     record = ctl.store.get(other)
     assert record is not None
@@ -360,7 +360,8 @@ def test_a_reject_leaves_a_call_another_task_holds_alone(
         assert actions.reject_call(ctl, call_id, 486, claim="cmd") is False
         after = ctl.store.get(call_id)
         assert after == before
-        assert after is not None and (after.model_extra or {})["route_claim"] == routing
+        assert after is not None
+        assert (after.model_extra or {})["route_claim"] == routing
         assert emu.call(call_id, events=False)["reject_status"] is None
     assert emu.call(waiting, events=False)["state"] == "ringing"
     assert emu.call(accepted, events=False)["state"] == "active"
@@ -368,29 +369,34 @@ def test_a_reject_leaves_a_call_another_task_holds_alone(
     assert [h.call_id for h in ctl.admission.holders()] == [accepted]
 
 
+def race(ctl: Control, call_id: str, route: str, reject: str, reject_first: bool) -> dict[str, Any]:
+    """Run ``route_call`` and ``reject_call`` for one call at once; what each returned."""
+    start = threading.Barrier(2)
+    got: dict[str, Any] = {}
+
+    def routing() -> None:
+        start.wait()
+        got["route"] = actions.route_call(ctl, call_id, claim=route).outcome
+
+    def rejecting() -> None:
+        start.wait()
+        got["reject"] = actions.reject_call(ctl, call_id, 486, "busy", claim=reject)
+
+    threads = [threading.Thread(target=routing), threading.Thread(target=rejecting)]
+    for thread in reversed(threads) if reject_first else threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    return got
+
+
 def test_a_routing_racing_a_reject_lets_exactly_one_act(ctl: Control, emu: EmulatorHandle) -> None:
     emu.set_faults(rest_latency_ms_min=5.0, rest_latency_ms_max=30.0)
-    results: dict[str, dict[str, Any]] = {}
     try:
+        results = {}
         for i in range(8):
             call_id = incoming(ctl, emu)
-            start = threading.Barrier(2)
-            got: dict[str, Any] = {}
-
-            def route(call_id: str = call_id, i: int = i, got: dict[str, Any] = got) -> None:
-                start.wait()
-                got["route"] = actions.route_call(ctl, call_id, claim=f"route-{i}").outcome
-
-            def reject(call_id: str = call_id, i: int = i, got: dict[str, Any] = got) -> None:
-                start.wait()
-                got["reject"] = actions.reject_call(ctl, call_id, 486, "busy", claim=f"rej-{i}")
-
-            threads = [threading.Thread(target=route), threading.Thread(target=reject)]
-            for thread in threads if i % 2 else reversed(threads):
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=20)
-            results[call_id] = got
+            results[call_id] = race(ctl, call_id, f"route-{i}", f"rej-{i}", reject_first=i % 2 == 1)
     finally:
         emu.set_faults(rest_latency_ms_min=0.0, rest_latency_ms_max=0.0)
 
@@ -414,7 +420,8 @@ def test_a_routing_racing_a_reject_lets_exactly_one_act(ctl: Control, emu: Emula
             assert call_id not in holders
         else:
             assert got["route"] is Outcome.ACCEPTED
-            assert record.state is CallState.ACCEPTING and record.accepted_at is not None
+            assert record.state is CallState.ACCEPTING
+            assert record.accepted_at is not None
             assert (truth["state"], truth["reject_status"]) == ("active", None)
             assert call_id in holders
 
