@@ -220,7 +220,7 @@ def _accept(ctl: Control, call_id: str, body: dict[str, object]) -> Outcome:
 
 
 def _reject(ctl: Control, call_id: str, decision: Reject) -> Outcome:
-    """Refuse a call the caller holds the claim of, then record it and free any slot.
+    """Refuse a call whose claim this run holds, then record it and free any slot.
 
     A retried run may hold a slot from before a policy reload; it is freed with the
     state change, as a rejected call holds none.
