@@ -11,8 +11,11 @@ recorded if and only if exactly one routing task is queued for it.
 
 Answers: 200 for a new call, a duplicate or an event type we do not handle; 400 for a
 bad signature or a malformed event; 413 for a body over ``MAX_BODY_BYTES``; 503 when
-Redis is unavailable (OpenAI retries). Errors are ``{"error": {"code", "message"}}``
-and refused deliveries change nothing.
+Redis is unavailable or refuses the write (read-only replica, out of memory, a script
+error), so that OpenAI delivers it again; that is counted as ``unavailable`` (reason
+``redis_error`` when Redis answered with an error). Errors are
+``{"error": {"code", "message"}}`` and refused deliveries change nothing (the script
+writes all or nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import redis
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -196,6 +200,12 @@ class WebhookReceiver:
         except StoreUnavailable as err:
             log.warning("webhook %s not recorded: %s", delivery.webhook_id, err)
             return Outcome.UNAVAILABLE, "", _UNAVAILABLE
+        except redis.RedisError as err:
+            # Redis answered but refused (READONLY, OOM, a script error): retry later too.
+            log.error(
+                "webhook %s not recorded: %s: %s", delivery.webhook_id, type(err).__name__, err
+            )
+            return Outcome.UNAVAILABLE, "redis_error", _UNAVAILABLE
         if created is CreateResult.CREATED:
             log.debug("call %s recorded and queued for routing", call.call_id)
             return Outcome.QUEUED, "", _QUEUED

@@ -74,7 +74,25 @@ class RealtimeRejected(FatalError):
 
 
 class CallGone(RealtimeRejected):
-    """404 from a call endpoint: the call no longer exists (the caller hung up)."""
+    """404 from a call endpoint: the call no longer exists (the caller hung up).
+
+    ``after_lost_answer``: an earlier attempt of the same request may have reached the
+    API without its answer reaching us (a timeout, a dropped connection). The real API
+    answers a repeated accept or reject of a call it has already acted on with 404, so
+    such a 404 may mean the first attempt went through rather than that the caller left.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        status_code: int,
+        api_code: str | None = None,
+        after_lost_answer: bool = False,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, status_code=status_code, api_code=api_code)
+        self.after_lost_answer = after_lost_answer
 
 
 class DeadlineExceeded(FatalError):

@@ -8,10 +8,11 @@ runner in the Redis list named by ``shared.keys`` (pull-based hand-over).
 from __future__ import annotations
 
 CONTROL_QUEUE = "control"
-"""Short call-control work: routing, accept, reject, refer, hang-up. Prefetch 1."""
+"""Routing of incoming calls: decide, accept or reject. Prefetch 1."""
 
 COMMANDS_QUEUE = "commands"
-"""Operator commands addressed to live calls."""
+"""The call-control verbs commands send: ``REJECT_CALL_TASK``, ``REFER_CALL_TASK``,
+``HANGUP_CALL_TASK``; apart from routing, so commands never hold up a ringing call."""
 
 TOOLS_QUEUE = "tools"
 """Blocking tool calls executed for session workers."""
@@ -25,8 +26,11 @@ ROUTE_CALL_TASK = "switchboard.route_call"
 """args: (call_id: str,). Decide, take an admission slot, accept or reject the call."""
 
 REJECT_CALL_TASK = "switchboard.reject_call"
+"""args: (call_id, status_code[, reason]). Refuse a call no task has claimed yet."""
 REFER_CALL_TASK = "switchboard.refer_call"
+"""args: (call_id, target). Blind-transfer an answered call to a named target or URI."""
 HANGUP_CALL_TASK = "switchboard.hangup_call"
+"""args: (call_id,). End a call; safe to repeat."""
 
 RUN_TOOL_TASK = "switchboard.run_tool"
 """args: (request_id, function, arguments_json, inbox_key, deadline_at). Runs a blocking

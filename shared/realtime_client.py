@@ -11,6 +11,13 @@ next pause would cross the deadline the client gives up with ``DeadlineExceeded`
 Other 4xx raise at once: 404 as ``CallGone`` (the caller hung up), the rest as
 ``RealtimeRejected``. ``shared.realtime_answers`` holds that reading of answers.
 
+A retry can repeat a request that went through: an attempt that timed out or lost its
+connection after sending may have been carried out. The real API answers a repeated
+accept (or reject) of such a call with 404, so a ``CallGone`` that follows an attempt
+whose answer was lost carries ``after_lost_answer`` and callers decide what it means
+(``workers.actions``). Attempts that never reached the server (connection refused or
+timed out while connecting, no free pooled connection) do not count.
+
 The API key goes only into the ``Authorization`` header. It is not part of any repr,
 log line or error message; server messages are scrubbed of it before use.
 """
@@ -29,7 +36,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from shared.errors import ConfigError, DeadlineExceeded, RetryableError, SwitchboardError
+from shared.errors import (
+    CallGone,
+    ConfigError,
+    DeadlineExceeded,
+    RetryableError,
+    SwitchboardError,
+)
 from shared.realtime_answers import classify, transport_error
 from shared.retry import Backoff, next_delay_s
 from shared.settings import Settings
@@ -60,6 +73,10 @@ def _path(call_id: str, action: str) -> str:
     return f"realtime/calls/{quote(call_id, safe='')}/{action}"
 
 
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Transport errors raised before a request can have reached the server."""
+
+
 class _Attempts:
     """The retry bookkeeping of one operation: attempt count, deadline, next pause."""
 
@@ -68,6 +85,13 @@ class _Attempts:
         self._clock = clock
         self._deadline = clock() + config.deadline_s
         self.count = 0
+        self.lost_answer = False
+        """Whether an attempt may have been carried out without its answer reaching us."""
+
+    def note(self, result: httpx.Response | Exception) -> None:
+        """Remember an attempt that may have reached the API but brought no answer."""
+        if isinstance(result, httpx.TransportError) and not isinstance(result, _NEVER_SENT):
+            self.lost_answer = True
 
     def timeout(self) -> httpx.Timeout:
         self.count += 1
@@ -77,6 +101,14 @@ class _Attempts:
 
     def pause_after(self, err: SwitchboardError, rand: float) -> float:
         """Seconds to wait before trying again; raises when ``err`` ends the operation."""
+        if isinstance(err, CallGone) and self.lost_answer:
+            raise CallGone(
+                f"{err} (after an attempt whose answer was lost)",
+                endpoint=err.endpoint,
+                status_code=err.status_code,
+                api_code=err.api_code,
+                after_lost_answer=True,
+            ) from err
         if not isinstance(err, RetryableError):
             raise err
         left_s = self._deadline - self._clock()
@@ -194,6 +226,7 @@ class RealtimeClient(_Base):
                 result = self._http.post(path, json=body, timeout=timeout)
             except httpx.TransportError as exc:
                 result = exc
+            attempts.note(result)
             err = self._outcome(endpoint, call_id, started_s, result)
             if err is None:
                 return
@@ -260,6 +293,7 @@ class AsyncRealtimeClient(_Base):
                 result = await self._http.post(path, json=body, timeout=timeout)
             except httpx.TransportError as exc:
                 result = exc
+            attempts.note(result)
             err = self._outcome(endpoint, call_id, started_s, result)
             if err is None:
                 return

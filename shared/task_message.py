@@ -4,7 +4,7 @@
 Instead it builds the very message kombu's Redis transport would store (an envelope
 around a Celery protocol-2 task) and LPUSHes it onto the queue's list itself, in the
 same round trip as the call record. A worker BRPOPs that list, as with any message a
-Celery client sent; ``tests/component/test_task_message.py`` checks the shape against
+Celery client sent; ``tests/component/test_route_message.py`` checks the shape against
 ``send_task`` and runs it through a real worker.
 
 Only plain JSON arguments are supported; there are no ETA, expiry or callbacks.

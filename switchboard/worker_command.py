@@ -29,7 +29,7 @@ from typing import Annotated
 
 import typer
 
-from shared.queues import ALL_QUEUES, CONTROL_QUEUE, TOOLS_QUEUE
+from shared.queues import ALL_QUEUES, COMMANDS_QUEUE, CONTROL_QUEUE, TOOLS_QUEUE
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 POOLS = ("prefork", "threads")
@@ -107,8 +107,12 @@ def worker_command(
     if not settings.redis_url:
         typer.echo("error: SWITCHBOARD_REDIS_URL is not set", err=True)
         raise typer.Exit(1)
-    if CONTROL_QUEUE in chosen and settings.openai_api_key is None:
-        typer.echo("error: OPENAI_API_KEY is not set (the control queue calls the API)", err=True)
+    calling = [name for name in (CONTROL_QUEUE, COMMANDS_QUEUE) if name in chosen]
+    if calling and settings.openai_api_key is None:
+        queues_named = " and ".join(calling)
+        typer.echo(
+            f"error: OPENAI_API_KEY is not set (the {queues_named} queue calls the API)", err=True
+        )
         raise typer.Exit(1)
     try:
         PolicySource(settings.config)

@@ -6,13 +6,26 @@ session runners. ``reject_call``, ``refer_call`` and ``hangup_call`` are the sin
 REST verbs for commands.
 
 Exactly once: the first task to move the call ``incoming -> accepting`` writes its task
-id into the record as ``route_claim``; any other task for the call does nothing. The
-same task id comes back when Celery redelivers or retries that task, so a worker that
-died mid-way, or a call that waits for a slot, resumes instead of being dropped. Every
-run also writes ``route_worker`` (the Celery node running it) and ``route_run_at``:
-that is how ``workers.recovery`` tells a routing cut off by a dead worker or a lost
-message from one still under way, and resumes it by publishing the task again under
-the same id.
+id into the record as ``route_claim``; any other task for the call does nothing. That
+holds for ``reject_call`` too: it claims the call the same way before any REST request,
+so a routing task and a reject never both act on one call. The same task id comes back
+when Celery redelivers or retries that task, so a worker that died mid-way, or a call
+that waits for a slot, resumes instead of being dropped. Every run also writes
+``route_worker`` (the Celery node running it) and ``route_run_at``: that is how
+``workers.recovery`` tells a routing cut off by a dead worker or a lost message from
+one still under way, and resumes it by publishing ``route_call`` again under the same
+id. A reject notes the code and reason it is to give (``requested_reject_code``,
+``requested_reject_reason``) with its claim, so a ``route_call`` resuming it finishes
+that reject rather than deciding afresh.
+
+Admission slots are released once the call's record is over (terminal), never by a
+task whose state change did not happen while the call is live.
+
+Lost answers: a REST attempt whose answer was lost may have been carried out; the real
+API answers the repeat with 404 (``CallGone.after_lost_answer``). An accept that ends
+so counts as accepted: the call is handed to the runners, and if the caller was in
+fact gone the runner's attach is refused with 404 and the runner records it. A reject
+that ends so counts as rejected.
 
 Hand-over to runners: the record gets ``profile``, ``route``, ``accepted_at`` and the
 rendered ``greeting`` (if the profile has one), then the call id is LPUSHed onto
@@ -37,13 +50,21 @@ import redis
 
 from shared import keys
 from shared.accounting import Accounting
-from shared.errors import CallGone, ConfigError, FatalError, InvalidRequest, RealtimeRejected
-from shared.models import CallState, EndReason
+from shared.errors import (
+    CallEnded,
+    CallGone,
+    CallNotFound,
+    ConfigError,
+    FatalError,
+    InvalidRequest,
+    RealtimeRejected,
+)
+from shared.models import TERMINAL_STATES, CallRecord, CallState, EndReason
 from shared.policy_file import PolicySource
 from shared.profile import valid_transfer_uri
 from shared.realtime_client import RealtimeClient
 from shared.settings import Settings
-from shared.store import CallStore, ClaimOutcome
+from shared.store import CallStore, ChangeResult, ClaimOutcome
 from workers.admission import Admission
 from workers.policy import Accept, CallFacts, Load, Reject, Wait, decide, when_full
 from workers.session_body import render_for_call, session_body
@@ -124,6 +145,9 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
     if record.accepted_at is not None:  # accepted by an earlier run of this very task
         ctl.redis.lpush(keys.PENDING_CALLS, call_id)
         return RouteResult(Outcome.ACCEPTED)
+    requested = requested_reject(record)
+    if requested is not None:  # the claim is a reject command's, resumed by recovery
+        return RouteResult(_reject(ctl, call_id, requested))
     facts = CallFacts.from_record(record)
     policy = ctl.policies.current()
     now = dt.datetime.fromtimestamp(ctl.clock(), dt.UTC)
@@ -176,6 +200,11 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
 def _accept(ctl: Control, call_id: str, body: dict[str, object]) -> Outcome:
     try:
         ctl.realtime.accept(call_id, body)
+    except CallGone as err:
+        if not err.after_lost_answer:
+            return _give_up(ctl, call_id, err)
+        # Our lost attempt may have answered the call; the runner's attach finds out.
+        logger.warning("route %s: %s; taken as accepted", call_id, err)
     except RealtimeRejected as err:
         # Only the claim holder accepts; "already accepted" means an attempt of ours whose
         # answer was lost (a timeout) went through after all.
@@ -191,10 +220,17 @@ def _accept(ctl: Control, call_id: str, body: dict[str, object]) -> Outcome:
 
 
 def _reject(ctl: Control, call_id: str, decision: Reject) -> Outcome:
-    # A retried run may hold a slot from before a policy reload; a rejected call holds none.
-    ctl.admission.release(call_id)
+    """Refuse a call whose claim this run holds, then record it and free any slot.
+
+    A retried run may hold a slot from before a policy reload; it is freed with the
+    state change, as a rejected call holds none.
+    """
     try:
         ctl.realtime.reject(call_id, decision.code)
+    except CallGone as err:
+        if not err.after_lost_answer:
+            return _give_up(ctl, call_id, err)
+        logger.warning("route %s: %s; taken as rejected", call_id, err)
     except RealtimeRejected as err:
         # As for accepts: a resumed run finds the reject of a run cut off after it.
         if not (err.status_code == 409 and err.api_code == "call_already_rejected"):
@@ -207,27 +243,41 @@ def _reject(ctl: Control, call_id: str, decision: Reject) -> Outcome:
         "route": decision.route,
         "ended_at": ctl.clock(),
     }
-    ctl.store.transition(call_id, CallState.ACCEPTING, CallState.REJECTED, fields)
-    logger.info("route %s: rejected %d (%s)", call_id, decision.code, decision.reason)
-    _count(ctl, call_id, "rejected", None, decision.reason)
+    change = _finish(ctl, call_id, CallState.REJECTED, fields)
+    if change.applied:
+        logger.info("route %s: rejected %d (%s)", call_id, decision.code, decision.reason)
+        _count(ctl, call_id, "rejected", None, decision.reason)
     return Outcome.REJECTED
 
 
 def _give_up(ctl: Control, call_id: str, err: FatalError) -> Outcome:
     """Record a call that could not be accepted or rejected, and free its slot."""
-    ctl.admission.release(call_id)
     now_s = ctl.clock()
     if isinstance(err, CallGone):
         fields: dict[str, object] = {"end_reason": EndReason.CALLER_GONE, "ended_at": now_s}
-        ctl.store.transition(call_id, CallState.ACCEPTING, CallState.ENDED, fields)
-        logger.info("route %s: the caller is gone", call_id)
-        _count(ctl, call_id, "ended", None, EndReason.CALLER_GONE.value)
+        if _finish(ctl, call_id, CallState.ENDED, fields).applied:
+            logger.info("route %s: the caller is gone", call_id)
+            _count(ctl, call_id, "ended", None, EndReason.CALLER_GONE.value)
         return Outcome.CALLER_GONE
     fields = {"end_reason": EndReason.ERROR, "error": str(err), "ended_at": now_s}
-    ctl.store.transition(call_id, CallState.ACCEPTING, CallState.FAILED, fields)
-    logger.error("route %s: failed: %s", call_id, err)
-    _count(ctl, call_id, "failed", None, EndReason.ERROR.value)
+    if _finish(ctl, call_id, CallState.FAILED, fields).applied:
+        logger.error("route %s: failed: %s", call_id, err)
+        _count(ctl, call_id, "failed", None, EndReason.ERROR.value)
     return Outcome.FAILED
+
+
+def _finish(
+    ctl: Control, call_id: str, to_state: CallState, fields: dict[str, object]
+) -> ChangeResult:
+    """Move a claimed call from ``accepting`` to ``to_state``; free its slot once it is over.
+
+    The slot goes only when the record is terminal (by this change or an earlier one)
+    or gone: a change that did not apply to a live call leaves that call's slot alone.
+    """
+    change = ctl.store.transition(call_id, CallState.ACCEPTING, to_state, fields)
+    if change.state is None or change.state in TERMINAL_STATES:
+        ctl.admission.release(call_id)
+    return change
 
 
 def _count(
@@ -248,9 +298,12 @@ def abandon(ctl: Control, call_id: str, claim: str, error: str) -> bool:
     record = ctl.store.get(call_id)
     if record is None or (record.model_extra or {}).get("route_claim") != claim:
         return False
-    ctl.admission.release(call_id)
-    fields = {"end_reason": EndReason.ERROR, "error": error[:300], "ended_at": ctl.clock()}
-    applied = ctl.store.transition(call_id, CallState.ACCEPTING, CallState.FAILED, fields).applied
+    fields: dict[str, object] = {
+        "end_reason": EndReason.ERROR,
+        "error": error[:300],
+        "ended_at": ctl.clock(),
+    }
+    applied = _finish(ctl, call_id, CallState.FAILED, fields).applied
     if applied:
         _count(ctl, call_id, "failed", None, EndReason.ERROR.value)
     return applied
@@ -272,22 +325,51 @@ def release_finished_slots(ctl: Control) -> list[str]:
     return freed
 
 
-def reject_call(ctl: Control, call_id: str, status_code: int, reason: str = "rejected") -> bool:
-    """Refuse a call that is not yet answered; False if it was already decided or gone."""
+REQUESTED_REJECT_CODE = "requested_reject_code"
+REQUESTED_REJECT_REASON = "requested_reject_reason"
+
+
+def requested_reject(record: CallRecord) -> Reject | None:
+    """The reject a ``reject_call`` claimed this call for, if one did."""
+    extra = record.model_extra or {}
+    code = extra.get(REQUESTED_REJECT_CODE)
+    if code is None:
+        return None
+    return Reject(int(code), str(extra.get(REQUESTED_REJECT_REASON) or "rejected"))
+
+
+def reject_call(
+    ctl: Control,
+    call_id: str,
+    status_code: int,
+    reason: str = "rejected",
+    *,
+    claim: str,
+    worker: str = "",
+) -> bool:
+    """Refuse a call nobody has started to answer, as task ``claim`` on ``worker``.
+
+    The call is claimed first, exactly as ``route_call`` claims it: False, with no REST
+    request, if another task holds it, it was decided already, or there is no such call.
+    Then the reject goes out and the call is recorded ``rejected``; True once it is. A
+    run of the same ``claim`` (a retry) resumes; if the caller is gone (404) or the API
+    refuses the reject, the call is recorded as for a routing that could not finish.
+    """
     if not 400 <= status_code <= 699:
         raise InvalidRequest(f"SIP status {status_code} is not a final failure code (400-699)")
-    try:
-        ctl.realtime.reject(call_id, status_code)
-    except CallGone:
+    if not reason:
+        raise InvalidRequest("a reject needs a reason")
+    run: dict[str, object] = {
+        "route_worker": worker,
+        "route_run_at": ctl.clock(),
+        REQUESTED_REJECT_CODE: status_code,
+        REQUESTED_REJECT_REASON: reason,
+    }
+    claimed = ctl.store.claim(call_id, "route_claim", claim, run)
+    if claimed.record is None:
+        logger.info("reject %s: not taken (%s)", call_id, claimed.outcome.value)
         return False
-    fields = {"end_reason": reason, "reject_code": status_code, "ended_at": ctl.clock()}
-    change = ctl.store.transition(
-        call_id, {CallState.INCOMING, CallState.ACCEPTING}, CallState.REJECTED, fields
-    )
-    ctl.admission.release(call_id)
-    if change.applied:
-        _count(ctl, call_id, "rejected", None, reason)
-    return change.applied
+    return _reject(ctl, call_id, Reject(status_code, reason)) is Outcome.REJECTED
 
 
 def transfer_uri(ctl: Control, target: str) -> str:
@@ -301,16 +383,38 @@ def transfer_uri(ctl: Control, target: str) -> str:
 
 
 def refer_call(ctl: Control, call_id: str, target: str) -> str:
-    """Blind-transfer a live call to ``target`` (a name or URI); returns the URI used."""
+    """Blind-transfer an answered call to ``target`` (a name or URI); returns the URI used.
+
+    Refused before any REST request (``CallNotFound``, ``CallEnded``, ``InvalidRequest``)
+    for a call with no record, one that is over, or one not answered yet. The state is
+    left to the call's session runner, which sees the call end. A 404 after an attempt
+    whose answer was lost means that attempt transferred the call: done.
+    """
     uri = transfer_uri(ctl, target)
-    ctl.realtime.refer(call_id, uri)
+    record = ctl.store.get(call_id)
+    if record is None:
+        raise CallNotFound(f"no call {call_id}")
+    if record.terminal:
+        raise CallEnded(f"call {call_id} is over ({record.state.value})")
+    if record.accepted_at is None and record.state in (CallState.INCOMING, CallState.ACCEPTING):
+        raise InvalidRequest(f"call {call_id} is not answered yet: reject it instead")
+    try:
+        ctl.realtime.refer(call_id, uri)
+    except CallGone as err:
+        if not err.after_lost_answer:
+            raise
+        logger.info("refer %s: %s; taken as transferred", call_id, err)
     return uri
 
 
 def hangup_call(ctl: Control, call_id: str) -> bool:
-    """End a call over REST; False if it had already ended (404)."""
+    """End a call over REST; False if it had already ended (404) before this request.
+
+    Safe to repeat. A 404 after an attempt whose answer was lost is this request's own
+    doing: True.
+    """
     try:
         ctl.realtime.hangup(call_id)
-    except CallGone:
-        return False
+    except CallGone as err:
+        return err.after_lost_answer
     return True

@@ -1,14 +1,17 @@
 """The Celery application: Redis broker, one queue per kind of work, tuned for short tasks.
 
-Queues (``shared.queues``): ``control`` (route/accept/reject/refer/hang-up),
-``commands``, ``tools`` and ``post_call``; a deployment can run a worker per queue so
-slow tool calls never delay a ringing call. Choices and why:
+Queues (``shared.queues``): ``control`` (routing: accept or reject of incoming calls),
+``commands`` (the reject, refer and hang-up tasks that commands send), ``tools`` and
+``post_call``; a deployment can run a worker per queue so neither slow tool calls nor
+a burst of commands ever delays a ringing call. Choices and why:
 
 - prefetch 1: a worker takes one message per process, so a slow task never holds
   others that another process could start now (call setup is latency-bound);
 - ``acks_late`` is off by default and switched on per task only where running twice is
-  harmless (``route_call`` is guarded by its claim, ``hangup_call`` by 404 = done):
-  those survive a worker crash, the others are never repeated. The broker hands a
+  harmless (``route_call`` is guarded by its claim, ``hangup_call`` by 404 = done,
+  ``post_call`` by its records): those survive a worker crash, the others are never
+  repeated (a cut-off ``reject_call`` holds its call's claim, which recovery resumes;
+  ``run_tool`` runs a tool at most once; a refer is not repeated). The broker hands a
   dead worker's unacknowledged messages out again only after the visibility timeout,
   far too late for a ringing call: ``workers.recovery`` resumes those routings within
   seconds;
@@ -29,6 +32,7 @@ from kombu import Queue
 
 from shared.queues import (
     ALL_QUEUES,
+    COMMANDS_QUEUE,
     CONTROL_QUEUE,
     HANGUP_CALL_TASK,
     POST_CALL_QUEUE,
@@ -69,9 +73,9 @@ def create_app(settings: Settings) -> Celery:
         task_default_queue=CONTROL_QUEUE,
         task_routes={
             ROUTE_CALL_TASK: {"queue": CONTROL_QUEUE},
-            REJECT_CALL_TASK: {"queue": CONTROL_QUEUE},
-            REFER_CALL_TASK: {"queue": CONTROL_QUEUE},
-            HANGUP_CALL_TASK: {"queue": CONTROL_QUEUE},
+            REJECT_CALL_TASK: {"queue": COMMANDS_QUEUE},
+            REFER_CALL_TASK: {"queue": COMMANDS_QUEUE},
+            HANGUP_CALL_TASK: {"queue": COMMANDS_QUEUE},
             RUN_TOOL_TASK: {"queue": TOOLS_QUEUE},
             POST_CALL_TASK: {"queue": POST_CALL_QUEUE},
         },

@@ -24,6 +24,7 @@ sweep looks at the live calls created within ``window_s`` and at every admission
   than any run and its retry countdown, so its message was lost. The resumed task
   finishes the accept (409 "already accepted" counts as done) or, when the caller is
   gone (404) or its wait for a slot is over, ends or rejects the call and frees the slot;
+  a claim a ``reject_call`` task holds is resumed the same way and finishes its reject;
 - an ``accepting`` call already accepted, ``handover_after_s`` after its accept, with
   no lease and not on the pending list, is handed to the runners again;
 - an ``active`` or ``transferring`` call unchanged for ``orphan_after_s`` with no

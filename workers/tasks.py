@@ -136,9 +136,16 @@ def _abandon(call_id: str, claim: str, exc: BaseException) -> None:
 
 @app.task(name=REJECT_CALL_TASK, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
 def reject_call(self: Any, call_id: str, status_code: int, reason: str = "rejected") -> bool:
-    """Refuse a call that has not been answered yet."""
+    """Refuse a call that has not been answered yet; False if another task holds it.
+
+    The task id is the claim (``workers.actions.reject_call``): a retry resumes the same
+    reject, and one cut off for good is finished by recovery's ``route_call`` resume.
+    """
     try:
-        return actions.reject_call(control(), call_id, status_code, reason)
+        worker = self.request.hostname or ""
+        return actions.reject_call(
+            control(), call_id, status_code, reason, claim=self.request.id, worker=worker
+        )
     except TRANSIENT as exc:
         raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries + 1)) from exc
 

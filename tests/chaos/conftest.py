@@ -33,6 +33,7 @@ SUMMED = (
     "doubled_tool_calls",
     "overlapping_attachments",
     "leaked_admission_slots",
+    "defective_calls",
     "cost_mismatches",
 )
 _by_test: dict[str, dict[str, Any]] = {}

@@ -77,8 +77,9 @@ def test_the_worker_needs_redis(tmp_path: Path) -> None:
     assert "SWITCHBOARD_REDIS_URL is not set" in result.stderr
 
 
-def test_the_control_worker_needs_an_api_key() -> None:
-    result = run("worker", "--queues", "control", env={"SWITCHBOARD_REDIS_URL": "redis://x"})
+@pytest.mark.parametrize("queues", ["control", "commands", "post_call,commands"])
+def test_a_worker_that_calls_the_api_needs_an_api_key(queues: str) -> None:
+    result = run("worker", "--queues", queues, env={"SWITCHBOARD_REDIS_URL": "redis://x"})
     assert result.returncode == 1
     assert "OPENAI_API_KEY is not set" in result.stderr
 

@@ -1,15 +1,19 @@
 """Call control end to end: a real ``switchboard worker`` (Celery) on a real Redis, the
 emulator behind a recording proxy (both on real uvicorn), tasks sent with ``send_task``.
 
-The incoming record is written with the store, as the ingress would. One worker serves
-the whole module; each test writes the policy it needs (the worker reloads it on
-change) and uses fresh emulator calls, so tests do not see each other's calls. The
-broker's database is not flushed between these tests: that would drop kombu's queue
-bindings under the running worker.
+Most tests write the incoming record with the store, as the ingress would, and send
+the routing task; the webhook tests go through a real ``switchboard ingress`` instead.
+The reject, refer and hang-up tasks are sent as commands would send them, routed to
+the commands queue that the worker also consumes. One worker serves the whole module;
+each test writes the policy it needs (the worker reloads it on change) and uses fresh
+emulator calls, so tests do not see each other's calls. The broker's database is not
+flushed between these tests: that would drop kombu's queue bindings under the running
+worker.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import threading
 import uuid
@@ -17,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from celery import Celery
@@ -24,7 +29,14 @@ from celery import Celery
 from shared import keys
 from shared.models import CallRecord, CallState
 from shared.policy_file import load_policy
-from shared.queues import CONTROL_QUEUE, ROUTE_CALL_TASK
+from shared.queues import (
+    COMMANDS_QUEUE,
+    CONTROL_QUEUE,
+    HANGUP_CALL_TASK,
+    REFER_CALL_TASK,
+    REJECT_CALL_TASK,
+    ROUTE_CALL_TASK,
+)
 from shared.settings import Settings
 from shared.store import CallStore
 from shared.task_message import TaskMessages
@@ -38,6 +50,7 @@ from tests.support.control import (
 from tests.support.emulator import EmulatorHandle, running_emulator
 from tests.support.procs import Child, spawn, switchboard_argv, wait_until
 from tests.support.session_check import check_against_sdk
+from tests.support.webhook_sender import incoming_event, signed_headers, start_ingress
 from workers.admission import Admission
 from workers.celery_app import create_app
 from workers.policy import CallFacts
@@ -80,11 +93,21 @@ def worker(
         # recovery sweep would free (tests/component/test_recovery.py covers it).
         "SWITCHBOARD_RECOVERY_EVERY_S": "0",
     }
-    argv = switchboard_argv("worker", "--queues", CONTROL_QUEUE, "--concurrency", "2")
+    queues = f"{CONTROL_QUEUE},{COMMANDS_QUEUE}"
+    argv = switchboard_argv("worker", "--queues", queues, "--concurrency", "2")
     child = spawn("control-worker", argv, tmp_path_factory.mktemp("worker"), env=env)
     try:
         wait_until(lambda: " ready." in child.tail(200), 60.0, "celery worker ready", child)
         yield child
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="module")
+def ingress(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    child, url = start_ingress(tmp_path_factory.mktemp("ingress"), redis_server)
+    try:
+        yield url
     finally:
         child.stop()
 
@@ -162,12 +185,27 @@ class Harness:
         """Every routing task finished: nothing queued, nothing delivered but unacknowledged."""
 
         def idle() -> bool:
-            return self.rdb.llen(CONTROL_QUEUE) == 0 and self.rdb.hlen("unacked") == 0
+            queued = self.rdb.llen(CONTROL_QUEUE) + self.rdb.llen(COMMANDS_QUEUE)
+            return queued == 0 and self.rdb.hlen("unacked") == 0
 
         wait_until(idle, 20.0, "the control queue to drain", self.worker)
 
     def accepts(self, call_id: str) -> list[int]:
-        return [e.status for e in self.proxy.to(f"/realtime/calls/{call_id}/accept")]
+        return self.answers(call_id, "accept")
+
+    def answers(self, call_id: str, endpoint: str) -> list[int]:
+        """The statuses the API gave to ``endpoint`` requests for the call, in order."""
+        return [e.status for e in self.proxy.to(f"/realtime/calls/{call_id}/{endpoint}")]
+
+    def logged(self, text: str) -> None:
+        """Wait until the worker's log shows ``text`` (how a task that changed nothing ends)."""
+        wait_until(lambda: text in self.worker.tail(400), 20.0, repr(text), self.worker)
+
+    def expected_body(self, record: CallRecord) -> dict[str, Any]:
+        """What ``workers.session_body`` builds for this call with the test policy."""
+        policy = load_policy(self.policy_path)
+        profile = policy.profiles["support"]
+        return session_body("support", profile, policy, CallFacts.from_record(record))
 
 
 @pytest.fixture
@@ -357,3 +395,111 @@ def test_a_waiting_call_enqueued_like_the_ingress_does_is_accepted(h: Harness) -
     h.admission.release("rtc_blocker")
     h.accepted(call_id)
     assert h.accepts(call_id) == [200]
+
+
+def test_a_signed_webhook_through_the_ingress_is_accepted_with_the_profile_body(
+    h: Harness, ingress: str
+) -> None:
+    call_id = h.emu.place_call(scenario="quick-question")
+    body = incoming_event(call_id)
+    with httpx.Client(base_url=ingress, timeout=10.0) as http:
+        signed = signed_headers(body, f"wh_{call_id}")
+        answer = http.post("/webhooks/openai", content=body, headers=signed)
+    assert (answer.status_code, answer.json()) == (200, {"result": "queued"})
+
+    record = h.accepted(call_id)
+    assert (record.from_, record.to) == ("+14155550100", "+18005550100")
+    assert record.webhook_id == f"wh_{call_id}"
+    assert record.profile == "support"
+    truth = h.emu.call(call_id, events=False)
+    assert truth["state"] == "active"
+    assert truth["accept"] == h.expected_body(record)
+    check_against_sdk(truth["accept"])
+    assert truth["defects"] == []
+    assert "audio" in truth["accept"]
+    assert "format" not in truth["accept"]["audio"].get("input", {})
+    assert "format" not in truth["accept"]["audio"].get("output", {})
+    assert h.accepts(call_id) == [200]
+
+
+def test_one_delivery_sent_eleven_ways_is_accepted_once(h: Harness, ingress: str) -> None:
+    call_id = h.emu.place_call(scenario="quick-question")
+    body = incoming_event(call_id)
+    headers = signed_headers(body, f"wh_{call_id}")
+
+    def send(content: bytes, signed: dict[str, str]) -> str:
+        with httpx.Client(base_url=ingress, timeout=10.0) as http:
+            answer = http.post("/webhooks/openai", content=content, headers=signed)
+        assert answer.status_code == 200
+        return str(answer.json()["result"])
+
+    results = [send(body, headers) for _ in range(5)]
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        results += list(pool.map(lambda _: send(body, headers), range(5)))
+    # OpenAI's redelivery of the same call under a new webhook id.
+    results.append(send(body, signed_headers(body, f"wh_{call_id}_again")))
+
+    assert sorted(results) == ["duplicate"] * 10 + ["queued"]
+    h.accepted(call_id)
+    h.settled()
+    assert h.accepts(call_id) == [200]
+    truth = h.emu.call(call_id, events=False)
+    assert truth["state"] == "active"
+    assert truth["defects"] == []
+    assert h.rdb.lrange(keys.PENDING_CALLS, 0, -1).count(call_id) == 1
+
+
+def test_the_reject_task_refuses_a_ringing_call_once(h: Harness) -> None:
+    call_id = h.incoming()
+    h.app.send_task(REJECT_CALL_TASK, args=(call_id, 486, "busy"))
+    record = h.terminal(call_id)
+    assert (record.state, record.reject_code, record.end_reason) == (
+        CallState.REJECTED,
+        486,
+        "busy",
+    )
+    truth = h.emu.call(call_id, events=False)
+    assert (truth["state"], truth["reject_status"]) == ("rejected", 486)
+    assert h.answers(call_id, "reject") == [200]
+    # A routing task for it afterwards finds it decided: no accept is attempted.
+    h.route(call_id)
+    h.settled()
+    assert h.accepts(call_id) == []
+    assert h.admission.holders() == []
+
+
+def test_the_reject_task_leaves_an_answered_call_alone(h: Harness) -> None:
+    call_id = h.incoming()
+    h.route(call_id)
+    h.accepted(call_id)
+    h.app.send_task(REJECT_CALL_TASK, args=(call_id, 486))
+    h.logged(f"reject {call_id}: not taken")
+    assert h.answers(call_id, "reject") == []
+    assert h.emu.call(call_id, events=False)["state"] == "active"
+    assert [x.call_id for x in h.admission.holders()] == [call_id]
+
+
+def test_the_refer_task_transfers_an_answered_call(h: Harness) -> None:
+    call_id = h.incoming()
+    h.route(call_id)
+    h.accepted(call_id)
+    h.app.send_task(REFER_CALL_TASK, args=(call_id, "human"))
+    truth = h.emu.wait_for_call(
+        call_id, lambda t: t["refer_target"] is not None, what="the transfer"
+    )
+    assert truth["refer_target"] == "sip:agent@pbx.example.com"
+    assert h.answers(call_id, "refer") == [200]
+
+
+def test_the_hangup_task_ends_a_call_and_a_repeat_is_harmless(h: Harness) -> None:
+    call_id = h.incoming()
+    h.route(call_id)
+    h.accepted(call_id)
+    h.app.send_task(HANGUP_CALL_TASK, args=(call_id,))
+    truth = h.emu.wait_for_call(call_id, lambda t: t["state"] == "ended", what="the hang-up")
+    assert truth["ended_by"] == "hangup"
+    h.app.send_task(HANGUP_CALL_TASK, args=(call_id,))
+    wait_until(lambda: len(h.answers(call_id, "hangup")) == 2, 20.0, "a second hang-up", h.worker)
+    h.settled()
+    # The repeat hears 404 (already over) and is not retried.
+    assert h.answers(call_id, "hangup") == [200, 404]

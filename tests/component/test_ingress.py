@@ -19,6 +19,7 @@ from shared import keys
 from shared.queues import CONTROL_QUEUE, ROUTE_CALL_TASK
 from tests.support.ports import free_port
 from tests.support.procs import switchboard_argv
+from tests.support.redis_server import start_redis
 from tests.support.webhook_sender import (
     SECRET,
     incoming_event,
@@ -256,6 +257,73 @@ def test_readiness_fails_while_redis_is_down(tmp_path: Path) -> None:
         assert refused.status_code == 503  # so that OpenAI delivers it again later
     finally:
         child.stop()
+
+
+def test_a_redis_that_refuses_writes_gets_a_json_503_and_keeps_nothing(tmp_path: Path) -> None:
+    redis_child, redis_url = start_redis(tmp_path / "redis")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        child, url = start_ingress(tmp_path, redis_url)
+    except BaseException:
+        redis_child.stop()
+        raise
+    refusals = {
+        # Out of memory with nothing to evict: every write is answered -OOM.
+        "oom": (
+            [("maxmemory-policy", "noeviction"), ("maxmemory", "1")],
+            [("maxmemory", "0")],
+        ),
+        # A replica of an unreachable primary: every write is answered -READONLY.
+        "readonly": ([], []),
+    }
+    try:
+        with httpx.Client(base_url=url, timeout=10.0) as http:
+            for kind, (refuse, restore) in refusals.items():
+                before = snapshot(client)
+                if kind == "readonly":
+                    client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+                for name, value in refuse:
+                    client.config_set(name, value)
+                counted_before = metric_value(
+                    metrics(http), "switchboard_webhooks_total", result="unavailable"
+                )
+                body = incoming_event(f"rtc_refused_{kind}")
+                response = post(http, body, signed_headers(body, f"wh_refused_{kind}"))
+                for name, value in restore:
+                    client.config_set(name, value)
+                if kind == "readonly":
+                    client.execute_command("REPLICAOF", "NO", "ONE")
+
+                assert response.status_code == 503, kind
+                assert response.headers["content-type"] == "application/json"
+                assert response.json() == {
+                    "error": {
+                        "code": "unavailable",
+                        "message": "state store unavailable; retry later",
+                    }
+                }
+                assert snapshot(client) == before, kind
+                labels = {"result": "unavailable", "reason": "redis_error"}
+                text = metrics(http)
+                assert metric_value(text, "switchboard_webhooks_total", **labels) == (
+                    1 if kind == "oom" else 2
+                )
+                assert (
+                    metric_value(text, "switchboard_webhooks_total", result="unavailable")
+                    - counted_before
+                    == 1
+                )
+                # The same delivery, sent again once Redis takes writes, is recorded.
+                again = post(http, body, signed_headers(body, f"wh_refused_{kind}"))
+                assert again.json() == {"result": "queued"}, kind
+                assert client.hget(keys.call_record(f"rtc_refused_{kind}"), "state") == "incoming"
+        log = child.log_path.read_text(errors="replace")
+        assert "OutOfMemoryError" in log
+        assert "ReadOnlyError" in log
+    finally:
+        child.stop()
+        client.close()
+        redis_child.stop()
 
 
 @pytest.mark.parametrize(

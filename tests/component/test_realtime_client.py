@@ -245,6 +245,47 @@ def test_the_api_error_code_is_kept(fresh_peer: Peer) -> None:
         client.accept("rtc_1", {"type": "realtime"})
     assert caught.value.api_code == "call_not_found"
     assert str(caught.value) == "accept rtc_1: HTTP 404: Call 'rtc_1' not found."
+    assert caught.value.after_lost_answer is False
+
+
+@pytest.mark.parametrize(
+    ("first", "lost"),
+    [
+        (httpx.ReadTimeout("slow"), True),
+        (httpx.RemoteProtocolError("peer closed without an answer"), True),
+        (httpx.ConnectError("refused"), False),
+        (httpx.ConnectTimeout("no answer to SYN"), False),
+        (httpx.Response(503, json=error("busy")), False),
+    ],
+    ids=["read-timeout", "dropped", "refused", "connect-timeout", "503"],
+)
+def test_a_404_after_a_lost_answer_says_so(first: Exception | httpx.Response, lost: bool) -> None:
+    answers: list[Exception | httpx.Response] = [
+        first,
+        httpx.Response(404, json=error("Call not found.", "call_not_found")),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    time = FakeTime()
+    client = RealtimeClient(
+        "https://api.example.invalid/v1",
+        API_KEY,
+        config=ClientConfig(backoff=Backoff(base_s=0.1, jitter=0.0)),
+        transport=httpx.MockTransport(handler),
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    with client, pytest.raises(CallGone) as caught:
+        client.accept("rtc_1", {"type": "realtime"})
+    assert answers == []
+    assert caught.value.after_lost_answer is lost
+    assert caught.value.status_code == 404
+    assert ("answer was lost" in str(caught.value)) is lost
 
 
 def test_a_409_race_without_advice_is_retried(fresh_peer: Peer) -> None:

@@ -2,20 +2,23 @@
 
 The Celery worker tests cover the same paths end to end; these check each branch and
 its records precisely, including the ones that are slow to provoke through a worker
-(REST deadline, resuming a half-done task, an "already accepted" answer).
+(REST deadline, resuming a half-done task, an "already accepted" answer, a routing
+racing a reject, an answer lost on the way back).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from shared import keys
-from shared.errors import InvalidRequest
+from shared.errors import CallEnded, CallNotFound, InvalidRequest
 from shared.models import CallState
 from shared.policy_file import PolicySource
 from shared.realtime_client import ClientConfig, RealtimeClient
@@ -43,21 +46,82 @@ def policy_path(tmp_path: Path) -> Path:
     return path
 
 
+def control_for(
+    emu: EmulatorHandle,
+    client: redis.Redis,
+    policy_path: Path,
+    transport: httpx.BaseTransport | None = None,
+) -> Control:
+    config = ClientConfig(deadline_s=0.5, backoff=Backoff(base_s=0.02, max_s=0.1))
+    return Control(
+        redis=client,
+        store=CallStore(client),
+        admission=Admission(client),
+        realtime=RealtimeClient(emu.api_url, emu.api_key, config=config, transport=transport),
+        policies=PolicySource(policy_path),
+    )
+
+
 @pytest.fixture
 def ctl(emu: EmulatorHandle, redis_client: redis.Redis, policy_path: Path) -> Iterator[Control]:
     emu.set_faults(rest_5xx_rate=0.0, rest_429_rate=0.0)
-    config = ClientConfig(deadline_s=0.5, backoff=Backoff(base_s=0.02, max_s=0.1))
-    control = Control(
-        redis=redis_client,
-        store=CallStore(redis_client),
-        admission=Admission(redis_client),
-        realtime=RealtimeClient(emu.api_url, emu.api_key, config=config),
-        policies=PolicySource(policy_path),
-    )
+    control = control_for(emu, redis_client, policy_path)
     try:
         yield control
     finally:
         control.realtime.close()
+
+
+class LosesFirstAnswers(httpx.BaseTransport):
+    """Real HTTP to the emulator, but the first answer to each of ``endpoints`` is lost.
+
+    The request is carried out and its answer dropped (a read timeout), as when a
+    connection dies on the way back. A repeat that the emulator answers 409 "already
+    accepted/rejected" is answered 404 instead, as the real API answers a repeated
+    accept (docs: realtime-api.md, section 2.2).
+    """
+
+    REPEATS = frozenset({"call_already_accepted", "call_already_rejected"})
+
+    def __init__(self, *endpoints: str) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._losing = set(endpoints)
+        self.sent: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        endpoint = request.url.path.rsplit("/", 1)[-1]
+        self.sent.append(endpoint)
+        response = self._inner.handle_request(request)
+        response.read()
+        if endpoint in self._losing:
+            self._losing.discard(endpoint)
+            raise httpx.ReadTimeout("answer lost", request=request)
+        code = (response.json().get("error") or {}).get("code") if response.content else None
+        if response.status_code == 409 and code in self.REPEATS:
+            not_found = {"message": "Call not found.", "type": "invalid_request_error"}
+            return httpx.Response(404, json={"error": {**not_found, "code": "call_not_found"}})
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.fixture
+def losing(emu: EmulatorHandle, redis_client: redis.Redis, policy_path: Path) -> Iterator[Any]:
+    """Builds a ``Control`` whose REST client loses the first answer of some endpoints."""
+    made: list[Control] = []
+
+    def make(*endpoints: str) -> tuple[Control, LosesFirstAnswers]:
+        transport = LosesFirstAnswers(*endpoints)
+        made.append(control_for(emu, redis_client, policy_path, transport))
+        return made[-1], transport
+
+    emu.set_faults(rest_5xx_rate=0.0, rest_429_rate=0.0)
+    try:
+        yield make
+    finally:
+        for control in made:
+            control.realtime.close()
 
 
 def incoming(ctl: Control, emu: EmulatorHandle, **kwargs: str) -> str:
@@ -250,9 +314,14 @@ def test_refer_hangup_and_reject_verbs(ctl: Control, emu: EmulatorHandle) -> Non
     assert actions.hangup_call(ctl, call_id) is False  # the refer ended the call: 404
 
     other = incoming(ctl, emu)
+    with pytest.raises(InvalidRequest, match="not answered yet"):
+        actions.refer_call(ctl, other, "human")
     with pytest.raises(InvalidRequest, match="400-699"):
-        actions.reject_call(ctl, other, 200)
-    assert actions.reject_call(ctl, other, 503, "maintenance") is True
+        actions.reject_call(ctl, other, 200, claim="cmd-1")
+    unchanged = ctl.store.get(other)
+    assert unchanged is not None
+    assert unchanged.state is CallState.INCOMING
+    assert actions.reject_call(ctl, other, 503, "maintenance", claim="cmd-1") is True
     record = ctl.store.get(other)
     assert record is not None
     assert (record.state, record.reject_code, record.end_reason) == (
@@ -260,6 +329,179 @@ def test_refer_hangup_and_reject_verbs(ctl: Control, emu: EmulatorHandle) -> Non
         503,
         "maintenance",
     )
+    truth = emu.call(other, events=False)
+    assert (truth["state"], truth["reject_status"], truth["refer_target"]) == (
+        "rejected",
+        503,
+        None,
+    )
+    # Decided: a second reject and a refer are refused without a request.
+    assert actions.reject_call(ctl, other, 486, claim="cmd-2") is False
+    with pytest.raises(CallEnded):
+        actions.refer_call(ctl, other, "human")
+    with pytest.raises(CallNotFound):
+        actions.refer_call(ctl, "rtc_unknown", "human")
+    assert emu.call(other, events=False)["reject_status"] == 503
+
+
+def test_a_reject_leaves_a_call_another_task_holds_alone(
+    ctl: Control, emu: EmulatorHandle, policy_path: Path
+) -> None:
+    write_policy(policy_path, policy_text(max_calls=1, max_wait_s=30))
+    ctl.admission.acquire("rtc_blocker", "support", max_calls=1, profile_cap=None)
+    waiting = incoming(ctl, emu)
+    assert actions.route_call(ctl, waiting, claim="route-1").outcome is Outcome.WAITING
+    ctl.admission.release("rtc_blocker")
+    accepted = incoming(ctl, emu)
+    assert actions.route_call(ctl, accepted, claim="route-2").outcome is Outcome.ACCEPTED
+
+    for call_id, routing in ((waiting, "route-1"), (accepted, "route-2")):
+        before = ctl.store.get(call_id)
+        assert actions.reject_call(ctl, call_id, 486, claim="cmd") is False
+        after = ctl.store.get(call_id)
+        assert after == before
+        assert after is not None
+        assert (after.model_extra or {})["route_claim"] == routing
+        assert emu.call(call_id, events=False)["reject_status"] is None
+    assert emu.call(waiting, events=False)["state"] == "ringing"
+    assert emu.call(accepted, events=False)["state"] == "active"
+    # The accepted call keeps its slot: a reject that did not happen frees nothing.
+    assert [h.call_id for h in ctl.admission.holders()] == [accepted]
+
+
+def race(ctl: Control, call_id: str, route: str, reject: str, reject_first: bool) -> dict[str, Any]:
+    """Run ``route_call`` and ``reject_call`` for one call at once; what each returned."""
+    start = threading.Barrier(2)
+    got: dict[str, Any] = {}
+
+    def routing() -> None:
+        start.wait()
+        got["route"] = actions.route_call(ctl, call_id, claim=route).outcome
+
+    def rejecting() -> None:
+        start.wait()
+        got["reject"] = actions.reject_call(ctl, call_id, 486, "busy", claim=reject)
+
+    threads = [threading.Thread(target=routing), threading.Thread(target=rejecting)]
+    for thread in reversed(threads) if reject_first else threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    return got
+
+
+def test_a_routing_racing_a_reject_lets_exactly_one_act(ctl: Control, emu: EmulatorHandle) -> None:
+    emu.set_faults(rest_latency_ms_min=5.0, rest_latency_ms_max=30.0)
+    try:
+        results = {}
+        for i in range(8):
+            call_id = incoming(ctl, emu)
+            results[call_id] = race(ctl, call_id, f"route-{i}", f"rej-{i}", reject_first=i % 2 == 1)
+    finally:
+        emu.set_faults(rest_latency_ms_min=0.0, rest_latency_ms_max=0.0)
+
+    holders = {h.call_id for h in ctl.admission.holders()}
+    for call_id, got in results.items():
+        record = ctl.store.get(call_id)
+        truth = emu.call(call_id, events=False)
+        assert record is not None
+        if got["reject"]:
+            assert got["route"] is Outcome.DUPLICATE
+            assert (record.state, record.reject_code, record.end_reason) == (
+                CallState.REJECTED,
+                486,
+                "busy",
+            )
+            assert (truth["state"], truth["reject_status"], truth["accept"]) == (
+                "rejected",
+                486,
+                None,
+            )
+            assert call_id not in holders
+        else:
+            assert got["route"] is Outcome.ACCEPTED
+            assert record.state is CallState.ACCEPTING
+            assert record.accepted_at is not None
+            assert (truth["state"], truth["reject_status"]) == ("active", None)
+            assert call_id in holders
+
+
+def test_an_accept_whose_answer_was_lost_counts_as_accepted(
+    losing: Any, emu: EmulatorHandle
+) -> None:
+    ctl, transport = losing("accept")
+    call_id = incoming(ctl, emu)
+    # The first accept goes through but its answer is lost; the retry hears 404.
+    assert actions.route_call(ctl, call_id, claim="t").outcome is Outcome.ACCEPTED
+    assert transport.sent == ["accept", "accept"]
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.end_reason) == (CallState.ACCEPTING, None)
+    assert record.accepted_at is not None
+    assert ctl.redis.lrange(keys.PENDING_CALLS, 0, -1) == [call_id]
+    assert [h.call_id for h in ctl.admission.holders()] == [call_id]
+    assert emu.call(call_id, events=False)["state"] == "active"
+
+
+def test_a_caller_gone_before_an_accept_without_a_lost_answer_is_still_gone(
+    losing: Any, emu: EmulatorHandle
+) -> None:
+    ctl, transport = losing("reject")  # loses nothing on the accept path
+    call_id = incoming(ctl, emu, scenario="hang-up-early")
+    emu.wait_for_call(call_id, lambda truth: truth["state"] == "missed", what="caller gives up")
+    assert actions.route_call(ctl, call_id, claim="t").outcome is Outcome.CALLER_GONE
+    assert transport.sent == ["accept"]
+    assert ctl.redis.llen(keys.PENDING_CALLS) == 0
+
+
+def test_verbs_whose_answer_was_lost_count_as_done(losing: Any, emu: EmulatorHandle) -> None:
+    ctl, transport = losing("reject", "refer", "hangup")
+    rejected = incoming(ctl, emu)
+    assert actions.reject_call(ctl, rejected, 480, "closed", claim="cmd") is True
+    record = ctl.store.get(rejected)
+    assert record is not None
+    assert (record.state, record.reject_code) == (CallState.REJECTED, 480)
+    assert ctl.admission.holders() == []
+
+    referred = incoming(ctl, emu)
+    assert actions.route_call(ctl, referred, claim="t").outcome is Outcome.ACCEPTED
+    assert actions.refer_call(ctl, referred, "human") == "sip:agent@pbx.example.com"
+    assert emu.call(referred, events=False)["refer_target"] == "sip:agent@pbx.example.com"
+
+    hung_up = incoming(ctl, emu)
+    assert actions.route_call(ctl, hung_up, claim="t").outcome is Outcome.ACCEPTED
+    assert actions.hangup_call(ctl, hung_up) is True
+    assert emu.call(hung_up, events=False)["ended_by"] == "hangup"
+    assert transport.sent == [
+        *("reject", "reject"),
+        *("accept", "refer", "refer"),
+        *("accept", "hangup", "hangup"),
+    ]
+
+
+def test_a_reject_cut_off_after_its_claim_is_finished_by_a_resumed_routing(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu)
+    # What reject_call writes with its claim, before a crash cut it off.
+    fields = {
+        "route_worker": "w1",
+        "route_run_at": 1.0,
+        actions.REQUESTED_REJECT_CODE: 486,
+        actions.REQUESTED_REJECT_REASON: "busy",
+    }
+    ctl.store.claim(call_id, "route_claim", "rej-1", fields)
+    # Recovery resumes the claim with route_call under the same task id.
+    assert actions.route_call(ctl, call_id, claim="rej-1").outcome is Outcome.REJECTED
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.state, record.reject_code, record.end_reason) == (
+        CallState.REJECTED,
+        486,
+        "busy",
+    )
+    assert emu.call(call_id, events=False)["state"] == "rejected"
+    assert ctl.admission.holders() == []
 
 
 def test_a_task_that_broke_off_fails_only_its_own_call(ctl: Control, emu: EmulatorHandle) -> None:

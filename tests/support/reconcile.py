@@ -7,6 +7,8 @@ After a run (with or without faults), ``reconcile`` checks every placed call:
 - the two sides agree: a call the API accepted is not recorded as failed or rejected,
   a call recorded as accepted was accepted by the API, a rejected call has the same
   SIP code on both sides;
+- accepted cleanly: the emulator found no defect in an accepted call (an accept or
+  ``session.update`` that overrides the SIP audio format, see ``emulator.calls``);
 - decided once: at most one successful accept and one successful reject per call
   (the REST answers are counted by ``RestRecorder``; 409 answers are counted too);
 - tools once: at most one tool output per tool-call id, and the tools ran no more
@@ -62,6 +64,8 @@ class Reconciliation:
     doubled_tools: list[str] = field(default_factory=list)
     overlapping: list[str] = field(default_factory=list)
     leaked_slots: list[str] = field(default_factory=list)
+    defective: list[str] = field(default_factory=list)
+    """Accepted calls in which the emulator recorded a defect."""
     cost_mismatches: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     end_reasons: Counter[str] = field(default_factory=Counter)
@@ -87,6 +91,7 @@ class Reconciliation:
             "doubled_tool_calls": len(self.doubled_tools),
             "overlapping_attachments": len(self.overlapping),
             "leaked_admission_slots": len(self.leaked_slots),
+            "defective_calls": len(self.defective),
             "cost_mismatches": len(self.cost_mismatches),
             "problems": self.problems[:50],
             "end_reasons": dict(self.end_reasons),
@@ -227,6 +232,9 @@ def _check_call(
         result.problem(f"{call_id}: accepted by the API but recorded {record.state.value}")
     if record.accepted_at is not None and not accepted_by_api:
         result.problem(f"{call_id}: recorded as accepted but the API never accepted it")
+    if accepted_by_api and truth["defects"]:
+        result.defective.append(call_id)
+        result.problem(f"{call_id}: defects at the emulator: {truth['defects']}")
     if truth["state"] == "rejected" and (
         record.state.value != "rejected" or record.reject_code != truth["reject_status"]
     ):
