@@ -303,7 +303,7 @@ UNSCRAPED = {
 """Compose services Prometheus does not scrape, each with the series that stands in."""
 
 
-def _served_port(name: str, service: dict[str, Any]) -> int:
+def _served_port(service: dict[str, Any]) -> int:
     """The port a service serves its metrics on, from its parsed command or its ports."""
     if service.get("image") == SWITCHBOARD_IMAGE:
         params = command_params(service["command"])
@@ -322,7 +322,7 @@ def test_prometheus_scrapes_every_compose_service_on_the_port_it_serves() -> Non
     for name, service in services.items():
         if name in UNSCRAPED:
             continue
-        port = _served_port(name, service)
+        port = _served_port(service)
         job = jobs[name]
         if "dns_sd_configs" in job:
             # Every replica of a scaled service is found by its compose name.
