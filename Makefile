@@ -9,7 +9,7 @@ UV := .uvboot/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install redis prometheus lint types test unit component system run bench soak clean
+.PHONY: all install redis prometheus lint types test unit component system run bench chaos soak clean
 
 all: test
 
@@ -57,6 +57,14 @@ test: install prometheus lint types
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# Real redis-server, Celery workers, uvicorn and the emulator.
+component: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/component
+
+# Whole stacks, Prometheus included (tests/system/test_prometheus_stack.py).
+system: install prometheus
+	$(BIN)/pytest -q -p no:cacheprovider tests/system
 
 run: install
 	$(BIN)/switchboard up --demo

@@ -11,7 +11,11 @@ snapshot is then rendered (``cluster_families``) with the names of ``shared.metr
   ``switchboard_tokens_total`` and ``switchboard_responses_total`` (by profile, model
   and component): the counters ``shared.accounting`` keeps in Redis. They live in
   Redis, so they survive restarts and count each response once however many processes
-  wrote it; USD is priced from the integer token counts with the current price table;
+  wrote it; USD is priced from the integer token counts with the current price table,
+  so a change of the table re-prices every past token: a raised price makes the spend
+  counter jump, a lowered one makes it fall, which Prometheus reads as a reset (the
+  ``rate`` over that moment counts the whole total again, and may trip the cost-burn
+  alert); the metric's help text warns of it;
 - ``switchboard_admission_slots_used{profile}``, ``switchboard_queue_length{queue}``
   (the Celery queues and ``pending_calls``, the accepted calls no runner took yet),
   ``switchboard_runners{state}`` and the runner pool's capacity and load;

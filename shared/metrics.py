@@ -261,7 +261,9 @@ CALLS = MetricSpec(
 COST = MetricSpec(
     "switchboard_cost_usd",
     "counter",
-    "Spend in the cluster by profile, model and billing component (priced when read).",
+    "Spend in the cluster by profile, model and billing component, priced when read from"
+    " the token counts with the current price table: a price change re-prices past tokens"
+    " (a lower price reads as a counter reset).",
     ("profile", "model", "component"),
 )
 TOKENS = MetricSpec(

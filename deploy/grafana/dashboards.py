@@ -477,7 +477,9 @@ INGRESS = Dashboard(
             (
                 Query("min(switchboard_redis_up)", "redis reachable"),
                 Query("max(switchboard_cluster_scrape_duration_seconds)", "cluster view read (s)"),
-                Query('sum by (job) (up{job=~"ingress|worker|runner|emulator"})', "up {{job}}"),
+                Query(
+                    'sum by (job) (up{job=~"ingress|worker|runner|emulator|grafana"})', "up {{job}}"
+                ),
             ),
         ),
     ),

@@ -1,4 +1,13 @@
-"""The deployment files under test: compose, Prometheus config and rules, dashboards."""
+"""The deployment files under test: compose, Prometheus config and rules, dashboards.
+
+No Docker engine runs here, so ``resolved_compose`` does what ``docker compose config``
+would for this file: it interpolates ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
+``${VAR:?error}``, ``${VAR?error}``, ``${VAR:+other}`` and ``$$`` from a given
+environment (the shell's and an ``--env-file``'s) and keeps the services enabled under
+the given profiles. ``command_params`` parses a service's command with the
+``switchboard`` CLI itself, so an unknown option or a bad value fails as it would in
+the container.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +15,21 @@ import importlib.util
 import re
 import shutil
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import typer
+import typer.core
+import typer.main
 import yaml
 
 from tests.support.procs import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
+DEMO_ENV = REPO / "deploy" / "demo.env"
+SWITCHBOARD_IMAGE = "switchboard:latest"
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -22,6 +37,10 @@ ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 
 _METRIC = re.compile(r"\b(switchboard[a-zA-Z0-9_:]*)")
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})"
+)
 
 
 def tool(name: str) -> str:
@@ -90,3 +109,91 @@ def local_config(targets: dict[str, str], rules_path: Path, interval_s: int = 1)
             )
     config["scrape_configs"] = jobs
     return config
+
+
+# Compose ---------------------------------------------------------------------------------
+
+
+class ComposeError(ValueError):
+    """What ``docker compose`` would refuse the file with (a required variable unset)."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a Compose env file (blank lines and ``#`` comments skipped)."""
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ComposeError(f"{path}:{number}: not KEY=VALUE")
+        values[key.strip()] = value.strip().strip("\"'")
+    return values
+
+
+def _substitute(match: re.Match[str], env: Mapping[str, str]) -> str:
+    if match["escaped"]:
+        return "$"
+    name = match["bare"] or match["name"]
+    op, arg = match["op"], match["arg"] or ""
+    value = env.get(name)
+    present = value is not None and (value != "" or not (op or "").startswith(":"))
+    if op in (":?", "?") and not present:
+        raise ComposeError(f"required variable {name} is missing a value: {arg}")
+    if op in (":-", "-"):
+        return value if present and value is not None else arg
+    if op in (":+", "+"):
+        return arg if present else ""
+    return value or ""
+
+
+def interpolate(node: Any, env: Mapping[str, str]) -> Any:
+    """``node`` (parsed YAML) with every ``$`` expression of its strings replaced."""
+    if isinstance(node, str):
+        return _VARIABLE.sub(lambda match: _substitute(match, env), node)
+    if isinstance(node, list):
+        return [interpolate(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: interpolate(value, env) for key, value in node.items()}
+    return node
+
+
+def resolved_compose(env: Mapping[str, str], profiles: Iterable[str] = ()) -> dict[str, Any]:
+    """The services ``docker compose --profile P up`` would run, interpolated from ``env``."""
+    compose = interpolate(load_yaml(COMPOSE), env)
+    active = set(profiles)
+    services: dict[str, Any] = {
+        name: service
+        for name, service in compose["services"].items()
+        if not service.get("profiles") or active & set(service["profiles"])
+    }
+    return services
+
+
+def switchboard_cli() -> typer.core.TyperGroup:
+    """The ``switchboard`` command as the click underneath typer sees it."""
+    from switchboard.cli import app
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    return group
+
+
+def command_params(argv: list[str]) -> dict[str, Any]:
+    """``switchboard ARGV`` parsed by the CLI's ``make_context`` without running it.
+
+    The parameters the command would run with; raises the CLI's own error (a
+    ``typer.TyperException``: no such command or option, a bad value) where running it
+    would fail to start.
+    """
+    group = switchboard_cli()
+    root = typer.Context(group, info_name="switchboard")
+    command = group.get_command(root, argv[0]) if argv else None
+    if command is None:
+        raise typer.BadParameter(f"no such command: {argv[:1]}", root)
+    if isinstance(command, typer.core.TyperGroup):
+        raise typer.BadParameter(f"{argv[0]} is a group of commands, not a service", root)
+    with command.make_context(argv[0], list(argv[1:]), parent=root) as context:
+        params: dict[str, Any] = context.params
+    return params

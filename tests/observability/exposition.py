@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -28,3 +29,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a ``/metrics`` endpoint serves now."""
+    response = httpx.get(url, timeout=5.0)
+    assert response.status_code == 200, f"{url}: {response.status_code}"
+    return parse(response.text)

@@ -6,7 +6,8 @@ The stack is ``switchboard ingress``, ``worker`` (prefork, multiprocess metrics)
 compose service discovery swapped for these processes' ports, a 1 s scrape and
 evaluation interval and every ``for:`` shortened to 1 s. Calls are placed through the
 emulator, so they go the whole way: signed webhook, Celery routing and accept, the
-runner's sideband session with tools, a transfer and an operator command.
+runner's sideband session with tools, a transfer and an operator command. The last
+test drains the runner through the admin API, so it leaves the stack without one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ ADMIN_TOKEN = "prometheus-stack-admin"
 BLOCKED_CALLER = "+15550006660"
 """Rejected (603) by the demo policy."""
 JOBS = ("ingress", "worker", "runner", "emulator")
+RUNNER_ID = "obs-runner"
+DRAIN_GRACE_S = 8.0
+"""Long enough for Prometheus to see the drain; short enough for a quick teardown."""
+ON_HOLD = "on-hold"
+ON_HOLD_SCENARIO = f"""\
+name: {ON_HOLD}
+description: The caller waits silently on the line until the call is hung up.
+greeting_wait_s: 0
+max_duration_s: 3600
+steps:
+  - silence_s: 2000
+"""
+"""About 100 s at the stack's time scale: the call stays live until the test ends it."""
 
 
 @dataclass
@@ -94,6 +108,9 @@ def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         client.close()
 
     flush()
+    scenarios = workdir / "scenarios"
+    scenarios.mkdir()
+    (scenarios / f"{ON_HOLD}.yaml").write_text(ON_HOLD_SCENARIO)
     ports = {name: free_port() for name in (*JOBS, "prometheus")}
     ingress_url = f"http://127.0.0.1:{ports['ingress']}"
     emulator_url = f"http://127.0.0.1:{ports['emulator']}"
@@ -108,12 +125,13 @@ def stack(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "ingress": ("ingress", "--host", "127.0.0.1", "--port", str(ports["ingress"])),
         "worker": ("worker", "--concurrency", "2", "--metrics-port", str(ports["worker"])),
         "runner": (
-            *("runner", "--id", "obs-runner", "--metrics-port", str(ports["runner"])),
-            *("--drain-grace", "0"),
+            *("runner", "--id", RUNNER_ID, "--metrics-port", str(ports["runner"])),
+            *("--drain-grace", str(DRAIN_GRACE_S)),
         ),
         "emulator": (
             *("emulator", "--host", "127.0.0.1", "--port", str(ports["emulator"])),
             *("--webhook-url", f"{ingress_url}/webhooks/openai", "--time-scale", "0.05"),
+            *("--scenario-dir", str(scenarios)),
         ),
     }
     rules_path = workdir / "alerts.yml"
@@ -157,13 +175,26 @@ def _targets_up(stack: Stack) -> bool:
     return {t["labels"]["job"] for t in active if t["health"] == "up"} >= set(JOBS)
 
 
-def _live_call(stack: Stack) -> str | None:
+def _live_calls(stack: Stack) -> list[str]:
     response = stack.admin("GET", "/v1/calls")
     assert response.status_code == 200, response.text
-    for call in response.json()["calls"]:
-        if call["state"] == "active":
-            return str(call["id"])
-    return None
+    return [str(call["id"]) for call in response.json()["calls"] if call["state"] == "active"]
+
+
+def _live_call(stack: Stack) -> str | None:
+    return next(iter(_live_calls(stack)), None)
+
+
+def _call_state(stack: Stack, call_id: str) -> str | None:
+    response = stack.admin("GET", f"/v1/calls/{call_id}")
+    return str(response.json()["state"]) if response.status_code == 200 else None
+
+
+def _runner_value(stack: Stack, series: str) -> float | None:
+    """The runner job's one sample of ``series`` in Prometheus, if it has one yet."""
+    result = stack.query(f'{series}{{job="runner"}}')
+    assert len(result) <= 1, result
+    return float(result[0]["value"][1]) if result else None
 
 
 def _empty_queries(stack: Stack, queries: list[tuple[str, str, str]]) -> list[str]:
@@ -194,6 +225,12 @@ def test_every_dashboard_query_returns_data_from_a_live_stack(stack: Stack) -> N
         return bool(live)
 
     wait_until(a_live_call, 30.0, "a live call")
+
+    def runner_holds_calls() -> bool:
+        stack.steady_traffic()  # keeps calls coming while Prometheus catches up
+        return bool(stack.query(f'switchboard_runner_calls{{runner="{RUNNER_ID}"}} > 0'))
+
+    wait_until(runner_holds_calls, 20.0, "the runner's live calls in prometheus")
     said = stack.admin("POST", f"/v1/calls/{live[0]}/say", json={"text": "One moment please."})
     assert said.status_code in (200, 202), said.text
     assert stack.admin("GET", "/v1/runners").status_code == 200
@@ -217,9 +254,9 @@ def test_every_dashboard_query_returns_data_from_a_live_stack(stack: Stack) -> N
     assert time.monotonic() - started < 90
 
 
-def test_a_503_storm_fires_the_realtime_api_alert(stack: Stack) -> None:
+def test_a_503_storm_fires_the_realtime_api_and_call_failure_alerts(stack: Stack) -> None:
     wait_until(lambda: _targets_up(stack), 30.0, "all targets up in prometheus")
-    assert "SwitchboardRealtimeApiErrors" not in stack.alerts()
+    assert not {"SwitchboardRealtimeApiErrors", "SwitchboardCallFailureRate"} & set(stack.alerts())
     faults = stack.http.post(f"{stack.emulator_url}/_emulator/faults", json={"rest_5xx_rate": 1.0})
     assert faults.status_code == 200, faults.text
     try:
@@ -227,9 +264,12 @@ def test_a_503_storm_fires_the_realtime_api_alert(stack: Stack) -> None:
         def firing() -> bool:
             stack.check_alive()
             stack.steady_traffic(every_s=0.5)
-            return stack.alerts().get("SwitchboardRealtimeApiErrors") == "firing"
+            alerts = stack.alerts()
+            return alerts.get("SwitchboardRealtimeApiErrors") == "firing" and alerts.get(
+                "SwitchboardCallFailureRate"
+            ) in ("pending", "firing")
 
-        wait_until(firing, 45.0, "SwitchboardRealtimeApiErrors firing")
+        wait_until(firing, 45.0, "SwitchboardRealtimeApiErrors firing, calls failing")
     finally:
         stack.http.post(f"{stack.emulator_url}/_emulator/faults", json={"rest_5xx_rate": 0.0})
     errors = stack.query(
@@ -245,3 +285,33 @@ def test_the_stack_reports_redis_reachable_and_no_runner_alert(stack: Stack) -> 
     [alive] = stack.query('switchboard_runners{state="alive"}')
     assert alive["value"][1] == "1"
     assert "SwitchboardNoRunnerAlive" not in stack.alerts()
+
+
+def test_an_operator_drain_shows_in_the_runner_metrics(stack: Stack) -> None:
+    """Last of the module: the runner drains, and exits once its last call is hung up."""
+    wait_until(lambda: _targets_up(stack), 30.0, "all targets up in prometheus")
+    assert _runner_value(stack, "switchboard_runner_drains_total") == 0
+    assert _runner_value(stack, "switchboard_runner_draining") == 0
+    call_id = stack.place_call(ON_HOLD)
+    wait_until(lambda: _call_state(stack, call_id) == "active", 30.0, "the call on hold live")
+
+    drained = stack.admin("POST", f"/v1/runners/{RUNNER_ID}/drain")
+    assert drained.status_code == 202, drained.text
+    try:
+
+        def drain_seen() -> bool:
+            stack.check_alive()
+            draining = _runner_value(stack, "switchboard_runner_draining")
+            return draining == 1 and _runner_value(stack, "switchboard_runner_drains_total") == 1
+
+        wait_until(drain_seen, DRAIN_GRACE_S, "the drain in prometheus")
+    finally:
+        # Ours and any call still live from the tests before: a drained runner with no
+        # other runner to take its calls keeps them until they end.
+        live = _live_calls(stack)
+        for live_id in live:
+            stack.admin("POST", f"/v1/calls/{live_id}/hangup")
+    assert call_id in live
+    runner = stack.children["runner"]
+    wait_until(lambda: not runner.alive(), DRAIN_GRACE_S, "the drained runner exits")
+    assert runner.proc.returncode == 0, runner.tail()

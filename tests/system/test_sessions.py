@@ -16,7 +16,9 @@ import pytest
 from shared import keys
 from shared.commands import CommandQueue
 from shared.pricing import TokenCounts, cost_of_tokens, default_price_table
+from tests.observability.exposition import scrape, value
 from tests.support.emulator import EmulatorHandle, running_emulator
+from tests.support.ports import free_port
 from tests.support.runner_stack import SessionStack, session_stack, write_scenarios
 
 pytestmark = pytest.mark.system
@@ -34,7 +36,9 @@ def stack(
     redis_server: str, emu: EmulatorHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SessionStack]:
     with session_stack(redis_server, emu, Path(tmp_path_factory.mktemp("runner"))) as running:
-        running.start_runner("solo")
+        port = free_port()
+        solo = running.start_runner("solo", "--metrics-port", str(port))
+        solo.extra["metrics_url"] = f"http://127.0.0.1:{port}/metrics"
         yield running
 
 
@@ -134,6 +138,9 @@ def test_cost_in_the_record_is_the_price_table_applied_to_the_api_usage(
 
 
 def test_a_dropped_sideband_is_attached_again_and_the_call_goes_on(stack: SessionStack) -> None:
+    metrics_url = stack.runners["solo"].extra["metrics_url"]
+    attaches = "switchboard_session_attaches_total"
+    reattached_before = value(scrape(metrics_url), attaches, kind="reattach")
     stack.emu.set_faults(ws_drop_rate=0.1)
     try:
         call_id = stack.place_call("steady-call")
@@ -150,3 +157,6 @@ def test_a_dropped_sideband_is_attached_again_and_the_call_goes_on(stack: Sessio
     assert kinds[0] == "first"
     assert set(kinds[1:]) == {"reattach"}
     assert any(note.get("reason") == "drop" for note in notes if note["type"] == "detached")
+    # Each reconnect shows in the runner's metrics.
+    reattached = value(scrape(metrics_url), attaches, kind="reattach") - reattached_before
+    assert reattached == len(kinds) - 1

@@ -19,7 +19,9 @@ import pytest
 
 from shared import keys
 from shared.runner_registry import list_runners, request_drain
+from tests.observability.exposition import scrape, value
 from tests.support.emulator import EmulatorHandle, running_emulator
+from tests.support.ports import free_port
 from tests.support.procs import wait_until
 from tests.support.runner_stack import SessionStack, session_stack, write_scenarios
 
@@ -75,6 +77,21 @@ def _check_completed(stack: SessionStack, call_ids: list[str], moved: list[str])
     assert len(stack.tool_runs()) <= tool_calls <= CALLS.count("steady-order")
 
 
+def _start_with_metrics(stack: SessionStack, *runner_ids: str) -> dict[str, str]:
+    """Start runners serving ``/metrics``; runner id -> metrics URL."""
+    urls = {}
+    for runner_id in runner_ids:
+        port = free_port()
+        stack.start_runner(runner_id, "--metrics-port", str(port))
+        urls[runner_id] = f"http://127.0.0.1:{port}/metrics"
+    return urls
+
+
+def _takeovers(url: str) -> float:
+    """Calls a runner attached to after another runner held them (failover, hand-over)."""
+    return value(scrape(url), "switchboard_session_attaches_total", kind="takeover")
+
+
 def _largest_gap_s(attachments: list[dict[str, Any]]) -> float:
     gaps = [
         later["opened_at"] - earlier["closed_at"]
@@ -84,8 +101,7 @@ def _largest_gap_s(attachments: list[dict[str, Any]]) -> float:
 
 
 def test_a_killed_runners_calls_continue_on_the_other_runner(stack: SessionStack) -> None:
-    stack.start_runner("r1")
-    stack.start_runner("r2")
+    metrics_urls = _start_with_metrics(stack, "r1", "r2")
     call_ids = [stack.place_call(scenario) for scenario in CALLS]
     victim, moved = _busiest(stack, call_ids)
     survivor = "r2" if victim == "r1" else "r1"
@@ -100,10 +116,12 @@ def test_a_killed_runners_calls_continue_on_the_other_runner(stack: SessionStack
         assert _largest_gap_s(truth["attachments"]) < FAILOVER_TARGET_S
         assert stack.record(call_id).owner == survivor
 
+    # The failover shows in the survivor's metrics: one takeover per call it took.
+    assert _takeovers(metrics_urls[survivor]) == len(moved)
+
 
 def test_a_drained_runner_hands_every_call_over_and_exits(stack: SessionStack) -> None:
-    stack.start_runner("r1")
-    stack.start_runner("r2")
+    metrics_urls = _start_with_metrics(stack, "r1", "r2")
     call_ids = [stack.place_call(scenario) for scenario in CALLS]
     victim, moved = _busiest(stack, call_ids)
     survivor = "r2" if victim == "r1" else "r1"
@@ -118,6 +136,9 @@ def test_a_drained_runner_hands_every_call_over_and_exits(stack: SessionStack) -
         assert stack.record(call_id).owner == survivor
         truth = stack.emu.call(call_id, events=False)
         assert _largest_gap_s(truth["attachments"]) < 1.0
+
+    # The hand-over shows in the survivor's metrics: one takeover per call handed over.
+    assert _takeovers(metrics_urls[survivor]) == len(moved)
 
 
 def test_a_runner_asked_to_drain_alone_keeps_its_calls_until_they_end(
