@@ -83,6 +83,27 @@ def test_idle_goodbye_is_spoken_before_hanging_up() -> None:
     assert of_type(d.done("resp_bye"), EndCall) == [EndCall(EndReason.IDLE)]
 
 
+def test_the_idle_goodbye_refused_for_the_servers_own_idle_reply_is_said_after_it() -> None:
+    """The server answers the timeout itself (``create_response``): its reply is created
+    before our goodbye arrives and refuses it; the goodbye goes out once that reply is done."""
+    d = Driver(
+        make_plan(idle=IdlePolicy("Still there?", max_prompts=0, goodbye_instructions="Bye"))
+    )
+    d.attach()
+    [goodbye] = creates(d.event(SILENCE))
+    d.created("resp_server")
+    busy = {"code": "conversation_already_has_active_response", "event_id": goodbye["event_id"]}
+    d.event("error", error=busy)
+    d.event("output_audio_buffer.started", response_id="resp_server")
+    assert creates(d.done("resp_server")) == [goodbye]
+    assert of_type(d.event("output_audio_buffer.stopped", response_id="resp_server"), EndCall) == []
+    d.created("resp_bye", tag=goodbye["response"]["metadata"]["switchboard_tag"])
+    d.event("output_audio_buffer.started", response_id="resp_bye")
+    d.done("resp_bye")
+    ended = d.event("output_audio_buffer.stopped", response_id="resp_bye")
+    assert of_type(ended, EndCall) == [EndCall(EndReason.IDLE)]
+
+
 def test_idle_without_policy_is_ignored() -> None:
     d = Driver(make_plan(idle=None))
     d.attach()

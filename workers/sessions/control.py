@@ -159,7 +159,7 @@ class CallControl:
         s.finale = finale
         self.dirty = True
         if words is not None:
-            finale.tag = s.gate.request(words, tagged=True)
+            finale.tag = s.gate.request(words)
         elif response_id is not None and wait_for_words:
             finale.response_id = response_id
             finale.playing = response_id in s.playing
