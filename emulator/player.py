@@ -148,13 +148,16 @@ class Caller:
         return True
 
     async def _silence(self, silence_s: float) -> bool:
-        """Stay silent; each idle timeout meanwhile fires ``timeout_triggered``."""
+        """Stay silent; each idle timeout meanwhile fires ``timeout_triggered``.
+
+        As with the real API, only a session whose ``turn_detection`` sets
+        ``idle_timeout_ms`` has an idle timeout; any other session hears nothing."""
         live = self.live
         end_at = time.monotonic() + silence_s * self.scale_s
         while time.monotonic() < end_at:
             detection = live.model.turn_detection or {}
             idle_ms = detection.get("idle_timeout_ms")
-            idle_s = idle_ms / 1000 if idle_ms else self.scenario.idle_timeout_s
+            idle_s = idle_ms / 1000 if isinstance(idle_ms, int | float) and idle_ms else None
             quiet_from = max(live.quiet_since, end_at - silence_s * self.scale_s)
             fire_at = quiet_from + idle_s * self.scale_s if idle_s else end_at
             if fire_at >= end_at:

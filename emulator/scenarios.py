@@ -10,8 +10,6 @@ same name). One file holds one scenario::
     greeting_wait_s: 1.5          # how long the caller waits for the agent to speak first
     reply_patience_s: 20          # how long the caller waits for a reply before hanging up
     max_duration_s: 600           # the caller hangs up after this long, whatever happens
-    idle_timeout_s: null          # idle timeout while the caller is silent, when the session
-                                  # sets no turn_detection.idle_timeout_ms (null = none)
     steps:
       - say: Hi, where is my order 12345?
         seconds: 3.2              # speech length; default from the words (usage.speech_s)
@@ -22,7 +20,8 @@ same name). One file holds one scenario::
           arguments: {order_id: "12345"}
           then_say: "Here is what I found: {output}"   # once the output arrives
       - dtmf: "0"                 # key presses, each one a DTMF event
-      - silence_s: 30             # the caller stays silent (idle timeouts fire meanwhile)
+      - silence_s: 30             # the caller stays silent (the session's idle timeouts,
+                                  # turn_detection.idle_timeout_ms, fire meanwhile)
 
 Each step has exactly one of ``say``, ``dtmf``, ``silence_s``. After ``say`` and ``dtmf``
 the caller waits for the agent to finish a spoken reply (``expect_reply: false`` skips
@@ -95,7 +94,6 @@ class Scenario(BaseModel):
     greeting_wait_s: float = Field(default=1.5, ge=0)
     reply_patience_s: float = Field(default=20.0, gt=0)
     max_duration_s: float = Field(default=600.0, gt=0)
-    idle_timeout_s: float | None = Field(default=None, gt=0)
     steps: list[Step] = Field(default_factory=list)
 
 

@@ -266,6 +266,10 @@ class Policy(_Strict):
             for key, dtmf in profile.dtmf.items():
                 if dtmf.action == "transfer" and dtmf.target is not None:
                     need(dtmf.target, targets, "transfer target", (*base, "dtmf", key, "target"))
+            for limit in ("max_duration_wrap_up", "budget_wrap_up"):
+                transfer = getattr(profile, limit).transfer
+                if transfer is not None:
+                    need(transfer, targets, "transfer target", (*base, limit, "transfer"))
             if "transfer_call" in profile.tools and not self.targets_for(profile):
                 found.append(
                     ((*base, "tools"), "transfer_call needs at least one transfer target", None)

@@ -2,10 +2,11 @@
 
 A ``Profile`` names the model, the instructions (a caller-variable template, see
 ``shared.templates``), voice, transcription, turn detection, the tools offered, the
-greeting spoken first, and the limits a session runner enforces (duration, budget,
-idle caller, DTMF keys). ``workers.session_body`` turns a profile into the body of the
-accept request; only GA session fields are representable here, and there is no audio
-format field at all, because overriding the format garbles SIP audio.
+greeting spoken first, and the limits a session runner enforces (duration and budget,
+each with a wrap-up, the idle caller, DTMF keys). ``workers.session_body`` turns a
+profile into the body of the accept request; only GA session fields are representable
+here, and there is no audio format field at all, because overriding the format garbles
+SIP audio.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.templates import template_variables
 
@@ -96,12 +105,41 @@ TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 
 
 class Idle(_Strict):
-    """A silent caller is prompted ``max_prompts`` times, ``timeout_s`` apart, then hung up on."""
+    """A silent caller is prompted ``max_prompts`` times, ``timeout_s`` apart, then hung up on.
 
-    timeout_s: float = Field(default=10.0, ge=1)
+    ``timeout_s`` is sent as ``turn_detection.idle_timeout_ms``, the server's own silence
+    timer (5-30 s, ``server_vad`` only), so a profile with ``idle`` needs
+    ``turn_detection: {type: server_vad}`` and leaves ``idle_timeout_ms`` to this field.
+    """
+
+    timeout_s: float = Field(default=10.0, ge=5, le=30)
     prompt: str = "Are you still there?"
     max_prompts: int = Field(default=2, ge=0)
     goodbye: str | None = "I'll end the call now. Goodbye."
+
+
+DEFAULT_LIMIT_GOODBYE = "I'm sorry, we have to end the call here. Thank you for calling. Goodbye."
+
+
+class WrapUp(_Strict):
+    """How a call that reaches a limit ends: the agent says ``goodbye`` (if given), then
+    the caller is transferred to the named target ``transfer`` or, without one, hung up.
+
+    ``grace_s`` is how long the wrap-up has. For ``max_duration_wrap_up`` it starts
+    ``grace_s`` before ``max_duration_s``, so the call never runs past the limit; for
+    ``budget_wrap_up`` it starts when the call's cost reaches ``budget_usd`` and the hard
+    stop comes ``grace_s`` later. The call ends as soon as the goodbye has been spoken;
+    with no goodbye it ends (or is transferred) when the wrap-up starts.
+    """
+
+    goodbye: str | None = Field(default=None, min_length=1)
+    transfer: str | None = None
+    """A named transfer target of the policy (``transfer_targets``)."""
+    grace_s: float = Field(default=15.0, ge=0, le=300)
+
+
+def _default_wrap_up() -> WrapUp:
+    return WrapUp(goodbye=DEFAULT_LIMIT_GOODBYE)
 
 
 class DtmfAction(_Strict):
@@ -174,9 +212,44 @@ class Profile(_Strict):
     """Spoken first (the runner asks for it); absent lets the caller speak first."""
     max_output_tokens: int | Literal["inf"] | None = None
     max_duration_s: float = Field(default=1800.0, gt=0)
+    max_duration_wrap_up: WrapUp = Field(default_factory=_default_wrap_up)
+    """How the call ends at ``max_duration_s``; absent: a default goodbye, 15 s grace."""
     budget_usd: float | None = Field(default=None, gt=0)
+    """The most one call may cost (USD); absent: no budget."""
+    budget_wrap_up: WrapUp = Field(default_factory=_default_wrap_up)
+    """How the call ends once it cost ``budget_usd``; absent: a default goodbye, 15 s grace."""
     idle: Idle | None = None
     dtmf: dict[DtmfKey, DtmfAction] = Field(default_factory=dict)
+
+    @field_validator("max_duration_wrap_up")
+    @classmethod
+    def _grace_within_duration(cls, value: WrapUp, info: ValidationInfo) -> WrapUp:
+        max_s = info.data.get("max_duration_s")
+        if isinstance(max_s, float | int) and value.grace_s >= max_s:
+            raise ValueError(
+                f"grace_s ({value.grace_s:g}) must be shorter than max_duration_s ({max_s:g}):"
+                " the wrap-up starts grace_s before the limit"
+            )
+        return value
+
+    @field_validator("idle")
+    @classmethod
+    def _idle_needs_server_vad(cls, value: Idle | None, info: ValidationInfo) -> Idle | None:
+        if value is None or "turn_detection" not in info.data:
+            return value  # no idle handling, or turn_detection is itself invalid
+        detection = info.data["turn_detection"]
+        if not isinstance(detection, ServerVad):
+            kind = "none" if detection is None else detection.type
+            raise ValueError(
+                f"needs turn_detection: {{type: server_vad}} (this profile has {kind}): the"
+                " API's idle timeout, idle_timeout_ms, exists only with server_vad"
+            )
+        if detection.idle_timeout_ms is not None:
+            raise ValueError(
+                "the idle timeout is set once, by idle.timeout_s (sent as idle_timeout_ms):"
+                " remove turn_detection.idle_timeout_ms"
+            )
+        return value
 
     @field_validator("dtmf", mode="before")
     @classmethod

@@ -7,7 +7,9 @@ call's facts go in, a JSON-ready dict comes out. Rules from the remote API:
   ``input_audio_format``...) do not exist in GA and are never produced;
 - ``audio.input.format`` and ``audio.output.format`` are never set: on SIP the carrier
   negotiates G.711 and an override garbles the call's audio;
-- fields the profile leaves unset are left out, so the server's defaults apply.
+- fields the profile leaves unset are left out, so the server's defaults apply;
+- ``idle.timeout_s`` becomes ``turn_detection.idle_timeout_ms`` (``server_vad`` only, which
+  the profile guarantees): without it the server never reports a silent caller.
 
 The built-in tools ``transfer_call(target)`` and ``end_call(reason)`` are declared
 here; session runners carry them out when the model calls them.
@@ -110,7 +112,11 @@ def _audio(profile: Profile) -> dict[str, Any]:
     if profile.transcription is not None:
         audio_in["transcription"] = profile.transcription.model_dump(exclude_none=True)
     if profile.turn_detection is not None:
-        audio_in["turn_detection"] = profile.turn_detection.model_dump(exclude_none=True)
+        detection = profile.turn_detection.model_dump(exclude_none=True)
+        if profile.idle is not None:
+            # The server's silence timer is what emits ``timeout_triggered``.
+            detection["idle_timeout_ms"] = round(profile.idle.timeout_s * 1000)
+        audio_in["turn_detection"] = detection
     if profile.noise_reduction is not None:
         audio_in["noise_reduction"] = {"type": profile.noise_reduction}
     voice: str | dict[str, str] = profile.voice

@@ -83,6 +83,32 @@ async def test_every_builtin_scenario_emits_only_valid_events(name: str) -> None
         assert "input_audio_buffer.speech_started" not in kinds
 
 
+@pytest.mark.parametrize(
+    ("audio", "fired"),
+    [
+        (None, False),  # the server's default turn detection has no idle timeout
+        ({"input": {"turn_detection": {"type": "server_vad"}}}, False),
+        ({"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}, True),
+    ],
+)
+async def test_a_silent_caller_times_out_only_where_the_session_set_idle_timeout_ms(
+    audio: dict[str, Any] | None, fired: bool
+) -> None:
+    session = {"audio": audio} if audio is not None else {}
+    with fast_emulator() as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "silent-caller", **session)
+            received = await run_agent(client, call_id)
+        truth = emu.call(call_id)
+    timeouts = types_of(received).count("input_audio_buffer.timeout_triggered")
+    # 60 s of silence against a 5 s timer, restarted after each idle reply has played.
+    if fired:
+        assert 4 <= timeouts <= 12
+    else:
+        assert timeouts == 0
+    assert truth["ended_by"] == "caller"
+
+
 async def test_text_only_session_writes_instead_of_speaking() -> None:
     with fast_emulator() as emu:
         async with sdk(emu) as client:

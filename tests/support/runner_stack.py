@@ -8,6 +8,8 @@ does): the real accept over REST with the policy's session body, then the call i
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import textwrap
 import uuid
@@ -16,10 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from shared import keys
 from shared.models import CallRecord
+from shared.policy_file import PolicySource
+from shared.queues import POST_CALL_QUEUE, POST_CALL_TASK
 from shared.settings import Settings
 from shared.store import CallStore
 from tests.support.control import create_incoming
@@ -27,6 +32,7 @@ from tests.support.emulator import EmulatorHandle
 from tests.support.procs import Child, spawn, switchboard_argv, wait_until
 from tests.support.runner_tools import TOOL_LOG_ENV
 from workers import actions
+from workers.post_call import PostCallContext, PostCallOutcome, post_call
 
 RUNNER_POLICY = """\
 transfer_targets:
@@ -46,18 +52,53 @@ profiles:
     transcription: {model: gpt-4o-mini-transcribe}
     turn_detection: {type: server_vad, silence_duration_ms: 400}
     tools: [lookup_order, transfer_call, end_call]
+    dtmf:
+      "0": {action: transfer, target: human}
   steady:
     instructions: You help {caller} who dialled {called}.
     transcription: {model: gpt-4o-mini-transcribe}
     turn_detection: {type: server_vad, silence_duration_ms: 400}
     tools: [lookup_order, transfer_call, end_call]
+  timed:
+    instructions: You help {caller} who dialled {called}.
+    turn_detection: {type: server_vad, silence_duration_ms: 400}
+    max_duration_s: 4
+    max_duration_wrap_up: {goodbye: "We are out of time today. Goodbye.", grace_s: 2}
+  budgeted:
+    instructions: You help {caller} who dialled {called}.
+    greeting: Hello, thanks for calling. How can I help?
+    turn_detection: {type: server_vad, silence_duration_ms: 400}
+    budget_usd: 0.0001
+    budget_wrap_up: {goodbye: "That is all I can do on this call. Goodbye.", grace_s: 5}
+  quiet:
+    instructions: You help {caller} who dialled {called}.
+    turn_detection: {type: server_vad, silence_duration_ms: 400}
+    idle:
+      timeout_s: 5
+      max_prompts: 1
+      prompt: Hello? Are you still on the line?
+      goodbye: I cannot hear you, so I will hang up now. Goodbye.
 routes:
   - match: {called: "+18005550199"}
     action: {type: accept, profile: steady}
+  - match: {called: "+18005550101"}
+    action: {type: accept, profile: timed}
+  - match: {called: "+18005550102"}
+    action: {type: accept, profile: budgeted}
+  - match: {called: "+18005550103"}
+    action: {type: accept, profile: quiet}
   - action: {type: accept, profile: support}
 """
 STEADY_LINE = "+18005550199"
 """The called number routed to the ``steady`` profile."""
+SUPPORT_LINE = "+18005550100"
+"""The ``support`` profile: greeting, tools, ``0`` transfers to ``human``."""
+TIMED_LINE = "+18005550101"
+"""The ``timed`` profile: a 4 s max duration whose goodbye starts 2 s before it."""
+BUDGETED_LINE = "+18005550102"
+"""The ``budgeted`` profile: a budget its greeting alone exceeds, then a goodbye."""
+QUIET_LINE = "+18005550103"
+"""The ``quiet`` profile: a 5 s idle timeout, one prompt, then a goodbye."""
 
 STEADY_CALL = """\
 name: steady-call
@@ -145,9 +186,11 @@ class SessionStack:
         )
         return child
 
-    def place_call(self, scenario: str) -> str:
-        """A call answered by the policy and queued for the runners; its call id."""
-        to = STEADY_LINE if scenario.startswith("steady-") else "+18005550100"
+    def place_call(self, scenario: str, to: str | None = None) -> str:
+        """A call to ``to`` (by default the scenario's usual line) answered by the policy
+        and queued for the runners; its call id."""
+        if to is None:
+            to = STEADY_LINE if scenario.startswith("steady-") else SUPPORT_LINE
         call_id = self.emu.place_call(scenario=scenario, to=to)
         create_incoming(self.store, call_id, to=to)
         result = actions.route_call(self.control, call_id, claim=f"test-{uuid.uuid4().hex}")
@@ -177,6 +220,29 @@ class SessionStack:
         return self.emu.wait_for_call(
             call_id, lambda truth: truth["state"] == "ended", timeout_s, "emulator call ended"
         )
+
+    def post_call_queued(self, call_id: str) -> bool:
+        """Whether a ``switchboard.post_call`` task for ``call_id`` waits on its queue."""
+        for raw in self.rdb.lrange(POST_CALL_QUEUE, 0, -1):  # type: ignore[union-attr]
+            message = json.loads(raw)
+            args, _, _ = json.loads(base64.b64decode(message["body"]))
+            if message["headers"]["task"] == POST_CALL_TASK and args == [call_id]:
+                return True
+        return False
+
+    def run_post_call(self, call_id: str) -> dict[str, Any]:
+        """Do the post-call work of ``call_id`` as the worker would; the summary it wrote."""
+        context = PostCallContext(
+            redis=self.rdb, policies=PolicySource(self.policy_path), http=httpx.Client()
+        )
+        try:
+            assert post_call(context, call_id) is PostCallOutcome.SUMMARY_ONLY
+        finally:
+            context.http.close()
+        summary = self.rdb.hget(keys.call_summary(call_id), "summary")
+        assert isinstance(summary, str)
+        result: dict[str, Any] = json.loads(summary)
+        return result
 
     def holder(self, call_id: str) -> str | None:
         owner = self.rdb.get(keys.call_lease(call_id))

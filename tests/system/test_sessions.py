@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +20,19 @@ from shared.pricing import TokenCounts, cost_of_tokens, default_price_table
 from tests.observability.exposition import scrape, value
 from tests.support.emulator import EmulatorHandle, running_emulator
 from tests.support.ports import free_port
-from tests.support.runner_stack import SessionStack, session_stack, write_scenarios
+from tests.support.runner_stack import (
+    BUDGETED_LINE,
+    QUIET_LINE,
+    TIMED_LINE,
+    SessionStack,
+    session_stack,
+    write_scenarios,
+)
 
 pytestmark = pytest.mark.system
+
+LIMIT_TOLERANCE_S = 0.5
+"""How far past its max duration a call may end: the hang-up's own round trips."""
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +171,90 @@ def test_a_dropped_sideband_is_attached_again_and_the_call_goes_on(stack: Sessio
     # Each reconnect shows in the runner's metrics.
     reattached = value(scrape(metrics_url), attaches, kind="reattach") - reattached_before
     assert reattached == len(kinds) - 1
+
+
+def assert_ended_and_followed_up(
+    stack: SessionStack, call_id: str, reason: str, truth: dict[str, Any]
+) -> dict[str, Any]:
+    """The final record is complete and sensible, and its post-call task was queued and
+    does its work; the record, as raw fields."""
+    record = stack.raw_record(call_id)
+    assert record["end_reason"] == reason
+    duration_s = float(record["duration_s"])
+    assert 0 < duration_s <= truth["ended_at"] - truth["accepted_at"] + 0.5
+    assert float(record["ended_at"]) - float(record["accepted_at"]) >= duration_s - 0.01
+    assert stack.rdb.hget(keys.ADMISSION_HOLDERS, call_id) is None
+    assert stack.post_call_queued(call_id)
+    summary = stack.run_post_call(call_id)
+    assert (summary["end_reason"], summary["duration_s"]) == (reason, duration_s)
+    assert summary["cost_usd"] == record["cost_usd"]
+    return record
+
+
+def spoken_by_agent(truth: dict[str, Any]) -> list[str]:
+    """What the agent said, in order (the emulator speaks instructions as they come)."""
+    return [
+        event["transcript"]
+        for event in truth["events_sent"]
+        if event["type"] == "response.output_audio_transcript.done"
+    ]
+
+
+def test_pressing_zero_transfers_the_caller_to_a_human(stack: SessionStack) -> None:
+    call_id = stack.place_call("dtmf-zero")
+    truth = stack.wait_ended(call_id)
+
+    assert truth["ended_by"] == "refer"
+    assert truth["refer_target"] == "sip:agent@pbx.example.com"
+    keys_pressed = [e["event"] for e in truth["events_sent"] if "dtmf" in e["type"]]
+    assert keys_pressed == ["0"]
+    record = assert_ended_and_followed_up(stack, call_id, "transferred", truth)
+    assert record["end_detail"] == "dtmf 0"
+
+
+def test_the_budget_cap_says_goodbye_then_ends_the_call(stack: SessionStack) -> None:
+    call_id = stack.place_call("steady-call", to=BUDGETED_LINE)
+    truth = stack.wait_ended(call_id)
+
+    assert truth["ended_by"] == "hangup"
+    goodbye = "That is all I can do on this call. Goodbye."
+    record = assert_ended_and_followed_up(stack, call_id, "budget", truth)
+    assert Decimal(record["cost_usd"]) >= Decimal("0.0001")
+    # The greeting used up the budget; the goodbye was said, and was the last thing said.
+    [greeting, last] = spoken_by_agent(truth)
+    assert "Hello, thanks for calling" in greeting
+    assert last.endswith(goodbye)
+
+
+def test_max_duration_wraps_up_before_the_limit_and_never_runs_past_it(
+    stack: SessionStack,
+) -> None:
+    call_id = stack.place_call("long-call", to=TIMED_LINE)
+    truth = stack.wait_ended(call_id)
+
+    assert truth["ended_by"] == "hangup"
+    assert spoken_by_agent(truth)[-1].endswith("We are out of time today. Goodbye.")
+    record = assert_ended_and_followed_up(stack, call_id, "max_duration", truth)
+    # The wrap-up starts 2 s before the 4 s limit; the call is over by the limit.
+    assert 2.0 <= float(record["duration_s"]) <= 4.0 + LIMIT_TOLERANCE_S
+    assert truth["ended_at"] - truth["accepted_at"] <= 4.0 + LIMIT_TOLERANCE_S
+
+
+def test_a_silent_caller_is_prompted_then_the_call_ends_idle(stack: SessionStack) -> None:
+    call_id = stack.place_call("silent-caller", to=QUIET_LINE)
+    truth = stack.wait_ended(call_id)
+
+    # The session asked the API for the idle timeout the profile sets.
+    detection = truth["accept"]["audio"]["input"]["turn_detection"]
+    assert detection["idle_timeout_ms"] == 5000
+    timeouts = [e for e in truth["events_sent"] if e["type"].endswith("timeout_triggered")]
+    # The first timeout is prompted, the second ends the call (a third could only come
+    # 5 s, scaled, after the goodbye played, while the hang-up was on its way).
+    assert len(timeouts) in (2, 3)
+    assert truth["ended_by"] == "hangup"
+    *prompts, goodbye = spoken_by_agent(truth)
+    assert goodbye.endswith("I cannot hear you, so I will hang up now. Goodbye.")
+    # The server answers each timeout itself; our prompt gives way to its reply.
+    assert len(prompts) == 2
+    assert all("still" in prompt for prompt in prompts)
+    assert_ended_and_followed_up(stack, call_id, "idle", truth)

@@ -1,4 +1,5 @@
-"""Runners dying and draining: calls move between real ``switchboard runner`` processes.
+"""Runners dying, draining and full: calls move between real ``switchboard runner``
+processes, and a runner takes calls only while it has room.
 
 Calls are scripted callers (time scale 0.05, about 5 s of talk each) that keep talking
 through a gap in the sideband, so a call that moves must go on to its normal end. The
@@ -177,3 +178,19 @@ def test_a_call_whose_end_was_saved_but_not_written_is_finished_by_the_next_runn
     assert record.end_reason == "caller_hangup"
     assert record.end_detail == "finished after a takeover"
     assert record.owner == "r1"
+
+
+def test_a_full_runner_takes_the_next_call_only_once_it_has_room(stack: SessionStack) -> None:
+    stack.start_runner("small", "--capacity", "1")
+    first = stack.place_call("quick-question")
+    stack.wait_state(first, "active")
+    second = stack.place_call("quick-question")
+
+    first_truth = stack.wait_ended(first)
+    second_truth = stack.wait_ended(second)
+    # The second call waited in the queue: its sideband opened after the first's closed.
+    [first_attachment] = first_truth["attachments"]
+    [second_attachment] = second_truth["attachments"]
+    assert second_attachment["opened_at"] >= first_attachment["closed_at"]
+    assert second_truth["ended_by"] == first_truth["ended_by"] == "caller"
+    assert stack.record(first).owner == stack.record(second).owner == "small"

@@ -238,3 +238,76 @@ def test_the_source_refuses_to_start_on_a_broken_file(tmp_path: Path) -> None:
 
 def test_without_a_path_the_source_serves_the_demo_policy() -> None:
     assert PolicySource(None).current() == demo_policy()
+
+
+def test_limits_and_idle_handling_are_checked_where_they_are_written() -> None:
+    issues = issues_of(
+        """\
+        profiles:
+          no_vad:
+            instructions: Hi
+            idle: {timeout_s: 8}
+          semantic:
+            instructions: Hi
+            turn_detection: {type: semantic_vad}
+            idle: {timeout_s: 8}
+          twice:
+            instructions: Hi
+            turn_detection: {type: server_vad, idle_timeout_ms: 6000}
+            idle: {timeout_s: 8}
+          too_short:
+            instructions: Hi
+            turn_detection: {type: server_vad}
+            idle: {timeout_s: 3}
+          long_grace:
+            instructions: Hi
+            max_duration_s: 10
+            max_duration_wrap_up: {goodbye: Bye, grace_s: 10}
+          typo:
+            instructions: Hi
+            budget_wrap_up: {say: Bye, grace_s: -1}
+        """
+    )
+    assert issues == [
+        "policy.yaml:4: profiles.no_vad.idle: needs turn_detection: {type: server_vad} (this "
+        "profile has none): the API's idle timeout, idle_timeout_ms, exists only with server_vad",
+        "policy.yaml:8: profiles.semantic.idle: needs turn_detection: {type: server_vad} (this "
+        "profile has semantic_vad): the API's idle timeout, idle_timeout_ms, exists only with "
+        "server_vad",
+        "policy.yaml:12: profiles.twice.idle: the idle timeout is set once, by idle.timeout_s "
+        "(sent as idle_timeout_ms): remove turn_detection.idle_timeout_ms",
+        "policy.yaml:16: profiles.too_short.idle.timeout_s: Input should be greater than or "
+        "equal to 5",
+        "policy.yaml:20: profiles.long_grace.max_duration_wrap_up: grace_s (10) must be shorter "
+        "than max_duration_s (10): the wrap-up starts grace_s before the limit",
+        "policy.yaml:23: profiles.typo.budget_wrap_up.grace_s: Input should be greater than or "
+        "equal to 0",
+        "policy.yaml:23: profiles.typo.budget_wrap_up.say: Extra inputs are not permitted",
+    ]
+
+
+def test_a_wrap_up_transfers_only_to_a_named_target() -> None:
+    issues = issues_of(
+        """\
+        transfer_targets: {human: "sip:agent@pbx.example.com"}
+        profiles:
+          support:
+            instructions: Hi
+            max_duration_wrap_up: {transfer: human}
+            budget_wrap_up:
+              goodbye: Bye
+              transfer: sip:someone@example.com
+        """
+    )
+    assert issues == [
+        "policy.yaml:8: profiles.support.budget_wrap_up.transfer: unknown transfer target "
+        "'sip:someone@example.com' (known: human)"
+    ]
+
+
+def test_limits_without_a_wrap_up_get_a_spoken_default() -> None:
+    profile = parse_policy(MINIMAL, "policy.yaml").profiles["support"]
+    for wrap in (profile.max_duration_wrap_up, profile.budget_wrap_up):
+        assert wrap.goodbye
+        assert wrap.transfer is None
+        assert 0 < wrap.grace_s < profile.max_duration_s

@@ -8,10 +8,10 @@ import pytest
 
 from shared.models import CallRecord
 from shared.policy_file import demo_policy
-from shared.profile import DtmfAction
+from shared.profile import DEFAULT_LIMIT_GOODBYE, DtmfAction
 from workers.sessions import reattach
 from workers.sessions.client_events import say_instructions
-from workers.sessions.plan import HangUp, SayText, ToolSpec, TransferTo
+from workers.sessions.plan import HangUp, SayText, ToolSpec, TransferTo, WrapUp
 from workers.sessions.plan_builder import TOOL_TIMEOUT_MARGIN_S, build_plan
 
 
@@ -39,6 +39,17 @@ def test_the_support_profile_becomes_its_plan() -> None:
     assert plan.idle.prompt_instructions == say_instructions("Are you still there?")
     assert plan.budget_usd == Decimal("2.0")
     assert plan.max_duration_s == 900
+    support = policy.profiles["support"]
+    assert support.max_duration_wrap_up.goodbye is not None
+    assert support.budget_wrap_up.goodbye is not None
+    assert plan.max_duration_wrap_up == WrapUp(
+        goodbye_instructions=say_instructions(support.max_duration_wrap_up.goodbye),
+        transfer_to="human",
+        grace_s=20,
+    )
+    assert plan.budget_wrap_up == WrapUp(
+        goodbye_instructions=say_instructions(support.budget_wrap_up.goodbye), grace_s=15
+    )
     assert plan.started_at == 2.0
     assert plan.transfer_targets == dict(policy.transfer_targets)
     assert plan.price_table == policy.prices
@@ -50,6 +61,8 @@ def test_a_profile_without_greeting_or_limits_has_none() -> None:
     assert plan.greeting_instructions is None
     assert plan.idle is None
     assert plan.budget_usd is None
+    # Limits always end with words: the default goodbye when the profile names none.
+    assert plan.max_duration_wrap_up == WrapUp(say_instructions(DEFAULT_LIMIT_GOODBYE))
 
 
 def test_dtmf_hangup_and_say_actions_are_mapped() -> None:

@@ -42,6 +42,7 @@ def test_the_demo_support_body_is_a_valid_ga_session() -> None:
     assert body["audio"]["input"]["turn_detection"] == {
         "type": "server_vad",
         "silence_duration_ms": 500,
+        "idle_timeout_ms": 8000,  # from idle.timeout_s
     }
     assert body["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
     assert body["audio"]["output"] == {"voice": "marin"}
@@ -103,6 +104,33 @@ def test_a_custom_voice_and_semantic_vad() -> None:
     assert body["audio"]["input"]["turn_detection"] == {"type": "semantic_vad", "eagerness": "low"}
     assert body["max_output_tokens"] == "inf"
     assert body["tool_choice"] == "required"
+
+
+def test_the_idle_timeout_is_the_servers_silence_timer() -> None:
+    policy = parse_policy(
+        textwrap.dedent(
+            """\
+            profiles:
+              quiet:
+                instructions: Hi
+                turn_detection: {type: server_vad, create_response: false}
+                idle: {timeout_s: 6.5, max_prompts: 1}
+              chatty:
+                instructions: Hi
+                turn_detection: {type: server_vad}
+            """
+        ),
+        "p.yaml",
+    )
+    quiet = session_body("quiet", policy.profiles["quiet"], policy, CALL)
+    check_against_sdk(quiet)
+    assert quiet["audio"]["input"]["turn_detection"] == {
+        "type": "server_vad",
+        "create_response": False,
+        "idle_timeout_ms": 6500,
+    }
+    chatty = session_body("chatty", policy.profiles["chatty"], policy, CALL)
+    assert chatty["audio"]["input"]["turn_detection"] == {"type": "server_vad"}
 
 
 def test_a_stray_field_would_be_caught() -> None:

@@ -288,6 +288,10 @@ def test_arbitrary_sequences_never_break_the_core(ops: list[tuple[tuple[str, Any
             batch = core.on_attached(now, False)
         deadline = core.next_deadline()
         assert deadline is None or isinstance(deadline, float | int)
+        started_at = core.state.started_at
+        if kind == "tick" and started_at is not None and PLAN.max_duration_s is not None:
+            # No call outlives its max duration, whatever it was doing.
+            assert core.state.ended or now < started_at + PLAN.max_duration_s
         assert not batch or batch.count(Persist()) <= 1
         if any(isinstance(e, Refer | Hangup) for e in batch):
             assert any(isinstance(e, EndCall) for e in batch)

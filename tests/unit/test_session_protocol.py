@@ -89,7 +89,11 @@ def test_greeting_is_a_plain_ga_response_create() -> None:
             {
                 "type": "response.create",
                 "event_id": "sb_resp_1",
-                "response": {"instructions": "Say hello."},
+                # The tag comes back in response.created: ours, not the server's.
+                "response": {
+                    "instructions": "Say hello.",
+                    "metadata": {"switchboard_tag": "sb_resp_1"},
+                },
             }
         ),
         Persist(),
@@ -295,6 +299,29 @@ def test_response_create_refused_as_busy_goes_again_after_the_active_one() -> No
     }
     assert creates(d.event("error", error=error)) == []
     assert creates(d.done("resp_unseen")) == [say]
+
+
+@pytest.mark.parametrize("echoed", [True, False])
+def test_ours_refused_after_the_servers_own_response_was_created_goes_again(
+    echoed: bool,
+) -> None:
+    """The server's reply (VAD, idle timeout) is created while ours is on its way; the
+    refusal that follows still finds ours pending, with or without echoed metadata."""
+    d = Driver()
+    d.attach()
+    [say] = creates(d.command("cmd_1", "say", text="One moment"))
+    d.created("resp_server")
+    error = {
+        "type": "invalid_request_error",
+        "code": "conversation_already_has_active_response",
+        "event_id": say["event_id"],
+    }
+    assert creates(d.event("error", error=error)) == []
+    assert creates(d.done("resp_server")) == [say]
+    tag = say["response"]["metadata"]["switchboard_tag"] if echoed else None
+    d.created("resp_ours", tag=tag)
+    assert creates(d.command("cmd_2", "say", text="Two")) == []
+    assert len(creates(d.done("resp_ours"))) == 1
 
 
 def test_stalled_gate_is_released_after_a_while() -> None:

@@ -30,6 +30,13 @@ BETA_FIELDS: Mapping[str, str] = {
 TAG_KEY = "switchboard_tag"
 """``response.metadata`` key marking a response the core asked for, to recognise it."""
 
+
+def response_tag(metadata: object) -> str | None:
+    """The tag in a server response's ``metadata``: the event id of our ``response.create``."""
+    tag = metadata.get(TAG_KEY) if isinstance(metadata, Mapping) else None
+    return tag if isinstance(tag, str) else None
+
+
 SAY_TEMPLATE = "Say the following to the caller, word for word, and nothing else: {text}"
 
 

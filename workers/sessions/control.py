@@ -159,15 +159,25 @@ class CallControl:
         s.finale = finale
         self.dirty = True
         if words is not None:
-            finale.tag = s.gate.request(words, tagged=True)
+            finale.tag = s.gate.request(words)
         elif response_id is not None and wait_for_words:
             finale.response_id = response_id
             finale.playing = response_id in s.playing
         elif wait_for_words:
             self.fire(now_s)
 
+    def hard_stop_at(self) -> float | None:
+        """When the call must be over (start + ``max_duration_s``); ``None`` once ended."""
+        s, max_s = self._s, self._plan.max_duration_s
+        if max_s is None or s.started_at is None or s.ended:
+            return None
+        return s.started_at + max_s
+
     def wrap_up(self, limit: str, reason: EndReason, wrap: WrapUp, now_s: float) -> None:
-        """A limit was reached: once per limit, and only if the call is not ending yet."""
+        """A limit was reached: once per limit, and only if the call is not ending yet.
+
+        The hard stop comes ``wrap.grace_s`` later, and never after the call's
+        ``hard_stop_at``, whatever the limit."""
         s = self._s
         if limit in s.limits_fired or s.ended:
             return
@@ -175,6 +185,10 @@ class CallControl:
         self.dirty = True
         if s.finale is not None:
             return
+        grace_s = wrap.grace_s
+        stop_at = self.hard_stop_at()
+        if stop_at is not None:
+            grace_s = max(0.0, min(grace_s, stop_at - now_s))
         uri = self._plan.resolve(wrap.transfer_to) if wrap.transfer_to is not None else None
         self.leave(
             "refer" if uri is not None else "hangup",
@@ -183,9 +197,17 @@ class CallControl:
             words=wrap.goodbye_instructions,
             target_uri=uri,
             detail=uri,
-            grace_s=wrap.grace_s,
+            grace_s=grace_s,
             wait_for_words=wrap.end_when_spoken,
         )
+
+    def stop(self, reason: EndReason, now_s: float) -> None:
+        """The hard stop: the pending finale goes ahead now, or the call is hung up."""
+        if self._s.ended:
+            return
+        if self._s.finale is None:
+            self.leave("hangup", reason, now_s, grace_s=0.0, wait_for_words=False)
+        self.fire(now_s)
 
     def fire(self, now_s: float) -> None:
         """Carry out the pending finale: Refer or Hangup, acknowledge, end."""

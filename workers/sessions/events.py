@@ -58,7 +58,7 @@ class ServerEvents:
         response = _obj(event, "response")
         response_id = _str(response, "id")
         if response_id is not None:
-            self._s.gate.created(response_id, now_s)
+            self._s.gate.created(response_id, now_s, response.get("metadata"))
             if self._s.finale is not None:
                 self._s.finale.on_created(response_id, response.get("metadata"))
 
@@ -212,6 +212,8 @@ class ServerEvents:
     def _on_error(self, event: Mapping[str, Any], now_s: float) -> None:
         error = _obj(event, "error")
         self._s.gate.refused(error.get("event_id"), error.get("code"), now_s)
+        if self._s.finale is not None:
+            self._s.finale.on_refused(error.get("event_id"))
         self._c.observe("server_errors", 1.0)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from shared.models import EndReason
-from workers.sessions.client_events import TAG_KEY
+from workers.sessions.client_events import response_tag
 
 FinaleAction = Literal["refer", "hangup"]
 
@@ -51,10 +51,21 @@ class Finale:
     def on_created(self, response_id: str, metadata: object) -> None:
         if not self.wait_for_words or self.tag is None or self.response_id is not None:
             return
-        tag = metadata.get(TAG_KEY) if isinstance(metadata, Mapping) else None
+        tag = response_tag(metadata)
         # Without echoed metadata, the first response after ours was sent is taken as ours.
         if tag == self.tag or (self.sent and tag is None and not metadata):
             self.response_id = response_id
+
+    def on_refused(self, event_id: object) -> None:
+        """The server refused our ``response.create``: no response of ours exists, so one
+        taken for ours (the server's own, created as ours was on its way) is forgotten;
+        the gate sends ours again when the floor is free."""
+        if self.tag is None or event_id != self.tag:
+            return
+        self.sent = False
+        self.response_id = None
+        self.response_done = False
+        self.playing = False
 
     def on_audio_started(self, response_id: str) -> None:
         if response_id == self.response_id:

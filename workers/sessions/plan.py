@@ -83,13 +83,19 @@ class IdlePolicy:
 
 @dataclass(frozen=True, slots=True)
 class WrapUp:
-    """How a call that reached a limit (duration, budget) is brought to an end."""
+    """How a call that reaches a limit (duration, budget) is brought to an end.
+
+    The wrap-up (``goodbye_instructions``, then a transfer or a hangup) has ``grace_s``
+    to happen: the max-duration wrap-up starts ``grace_s`` before ``max_duration_s``,
+    so the call never runs past it; the budget wrap-up starts when the cost reaches the
+    budget and the hard stop comes ``grace_s`` later (or at the max duration, if sooner).
+    """
 
     goodbye_instructions: str | None = None
     transfer_to: str | None = None
     """A named target or URI: transfer instead of hanging up."""
     grace_s: float = 15.0
-    """Hard stop this long after the limit, however the goodbye is going."""
+    """Time the wrap-up has before the hard stop, however the goodbye is going."""
     end_when_spoken: bool = True
     """End as soon as the goodbye has played; false: let the conversation run the grace."""
 

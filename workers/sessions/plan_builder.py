@@ -3,10 +3,10 @@
 The control worker accepted the call with a profile (``record.profile``) and wrote the
 rendered greeting into the record; this module turns that profile into the
 ``SessionPlan`` the session core runs on. Texts the profile gives as words to speak
-(greeting, idle prompt and goodbye, DTMF ``say``) become response instructions that
-speak them verbatim. Every named transfer target of the policy is known to the plan,
-so an operator may transfer to any of them; the model is offered only the profile's
-own (in the accept body).
+(greeting, idle prompt and goodbye, DTMF ``say``, the limits' wrap-up goodbyes) become
+response instructions that speak them verbatim. Every named transfer target of the
+policy is known to the plan, so an operator may transfer to any of them; the model is
+offered only the profile's own (in the accept body).
 
 A call whose profile is no longer in the policy (a reload removed it) keeps running on
 a bare plan: the model of its snapshot (or the default model), only the built-in tools.
@@ -23,6 +23,7 @@ from shared.models import CallRecord
 from shared.policy import Policy
 from shared.profile import BUILTIN_TOOLS, Profile
 from shared.profile import DtmfAction as ProfileDtmf
+from shared.profile import WrapUp as ProfileWrapUp
 from workers.sessions.client_events import say_instructions
 from workers.sessions.plan import (
     DtmfAction,
@@ -32,6 +33,7 @@ from workers.sessions.plan import (
     SessionPlan,
     ToolSpec,
     TransferTo,
+    WrapUp,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,9 @@ def build_plan(
         dtmf={key: _dtmf(action) for key, action in profile.dtmf.items()},
         idle=_idle(profile),
         max_duration_s=profile.max_duration_s,
+        max_duration_wrap_up=_wrap_up(profile.max_duration_wrap_up),
         budget_usd=Decimal(str(profile.budget_usd)) if profile.budget_usd is not None else None,
+        budget_wrap_up=_wrap_up(profile.budget_wrap_up),
         transfer_targets=dict(policy.transfer_targets),
         started_at=record.accepted_at,
     )
@@ -106,4 +110,12 @@ def _idle(profile: Profile) -> IdlePolicy | None:
         prompt_instructions=say_instructions(idle.prompt),
         max_prompts=idle.max_prompts,
         goodbye_instructions=say_instructions(idle.goodbye) if idle.goodbye else None,
+    )
+
+
+def _wrap_up(wrap: ProfileWrapUp) -> WrapUp:
+    return WrapUp(
+        goodbye_instructions=say_instructions(wrap.goodbye) if wrap.goodbye else None,
+        transfer_to=wrap.transfer,
+        grace_s=wrap.grace_s,
     )

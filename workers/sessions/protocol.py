@@ -21,6 +21,11 @@ Decisions worth knowing:
 - A decided end goes through a ``Finale`` (the agent's last words first, then Refer or
   Hangup, then ``EndCall``); ``EndCall`` is emitted at most once. A caller hangup ends
   the call with ``caller_hangup``, or with the pending hangup's own reason.
+- Limits: the max-duration wrap-up starts its grace before the limit, so the call is
+  over by ``started_at + max_duration_s`` (the hard stop: a pending finale goes ahead
+  then, else the call is hung up with ``max_duration``); the budget wrap-up starts when
+  the cost reaches the budget and stops the call its grace later, at the latest at the
+  same hard stop.
 - While the socket is detached, client events are held and sent on the next attach.
 """
 
@@ -100,12 +105,15 @@ class SessionProtocol:
                 call.output = error_output(f"{call.name} timed out after {timeout_s:g} s")
                 self._c.answer_tool(call_id, call.output)
                 self._c.observe("tool_timeouts", 1.0)
-        if s.finale is not None and s.finale.due(now_s):
-            self._c.fire(now_s)
-        limit_at = self._duration_limit_at()
-        if limit_at is not None and now_s >= limit_at:
+        wrap_up_at = self._wrap_up_at()
+        if wrap_up_at is not None and now_s >= wrap_up_at:
             wrap = self._plan.max_duration_wrap_up
             self._c.wrap_up("max_duration", EndReason.MAX_DURATION, wrap, now_s)
+        if s.finale is not None and s.finale.due(now_s):
+            self._c.fire(now_s)
+        stop_at = self._c.hard_stop_at()
+        if stop_at is not None and now_s >= stop_at:
+            self._c.stop(EndReason.MAX_DURATION, now_s)
         return self._c.drain(now_s)
 
     def on_command(self, command: Command, now_s: float) -> list[Effect]:
@@ -159,16 +167,22 @@ class SessionProtocol:
         s = self._s
         if s.ended:
             return None
-        deadlines = [s.tools.deadline(), s.gate.deadline(), self._duration_limit_at()]
+        deadlines = [
+            s.tools.deadline(),
+            s.gate.deadline(),
+            self._wrap_up_at(),
+            self._c.hard_stop_at(),
+        ]
         if s.finale is not None:
             deadlines.append(s.finale.deadline_at)
         return min((d for d in deadlines if d is not None), default=None)
 
-    def _duration_limit_at(self) -> float | None:
+    def _wrap_up_at(self) -> float | None:
+        """When the max-duration wrap-up starts: its grace before the hard stop."""
         s, max_s = self._s, self._plan.max_duration_s
-        if max_s is None or s.started_at is None or "max_duration" in s.limits_fired:
+        if max_s is None or s.started_at is None or s.ended or "max_duration" in s.limits_fired:
             return None
-        return s.started_at + max_s
+        return s.started_at + max(0.0, max_s - self._plan.max_duration_wrap_up.grace_s)
 
 
 def _is_number(value: object) -> bool:

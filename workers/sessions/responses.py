@@ -8,6 +8,13 @@ active, or queued and sent when the active one is done. A response counts as act
 from our ``response.create`` (until ``response.created`` or an ``error`` echoing its
 ``event_id``) or from ``response.created`` until ``response.done``.
 
+Every ``response.create`` of ours carries its ``event_id`` in ``response.metadata``
+(``TAG_KEY``), which the server echoes in ``response.created``: a response created
+without it is the server's own (VAD, idle timeout), even while ours is on its way, so
+ours stays pending until it is created or refused. This matters because the server
+creates its reply to an idle timeout at once, and our response sent for the same
+timeout then arrives while that reply is active and is refused: it must be sent again.
+
 A missed ``response.done`` (a dropped socket, a failover) must not wedge the call, so
 the gate forgets what it believes is active after ``STALL_S`` without news.
 """
@@ -17,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from workers.sessions.client_events import response_create
+from workers.sessions.client_events import response_create, response_tag
 
 STALL_S = 30.0
 MAX_QUEUED = 16
@@ -37,15 +44,15 @@ class ResponseGate:
         self._since: float | None = None
         self._optional: set[str] = set()
 
-    def request(self, instructions: str | None = None, *, tagged: bool = False) -> str:
+    def request(self, instructions: str | None = None) -> str:
         """Queue a ``response.create``; ``pump`` sends it when the floor is free.
 
-        Returns its event id; with ``tagged`` the id is also put in the response's
-        metadata, so the response can be recognised when it is created.
+        Returns its event id, which is also its tag in the response's metadata, so the
+        response can be recognised when it is created.
         """
         self._seq += 1
         event_id = f"sb_resp_{self._seq}"
-        self._queue.append(response_create(event_id, instructions, event_id if tagged else None))
+        self._queue.append(response_create(event_id, instructions, event_id))
         return event_id
 
     def offer(self, instructions: str, now_s: float) -> None:
@@ -76,9 +83,12 @@ class ResponseGate:
         self._optional &= {event["event_id"]}
         return event
 
-    def created(self, response_id: str, now_s: float) -> None:
-        # Ours or the VAD's, the floor is taken either way; ours is no longer pending.
-        self._in_flight = None
+    def created(self, response_id: str, now_s: float, metadata: object = None) -> None:
+        # Ours or the server's, the floor is taken either way; ours is no longer pending
+        # only if this is ours (the server may still refuse it otherwise).
+        event = self._in_flight
+        if event is not None and response_tag(metadata) == event["event_id"]:
+            self._in_flight = None
         self._active.add(response_id)
         self._since = now_s
 
