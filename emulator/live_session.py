@@ -4,7 +4,8 @@ A SIP call gets one ``LiveSession`` when it is answered (``EmulatedCall.session`
 standalone ``?model=`` socket gets its own. Every event goes to every attached socket
 (``Outlet``) and into the call's ground truth. Scripted events pass through the fault
 gate: ``ws_drop_rate`` closes a socket with 1011 instead of sending (the call goes on,
-the client may re-attach) and ``malformed_event_rate`` adds a broken or unknown frame.
+the client may re-attach) and ``malformed_event_rate`` adds a broken or unknown frame
+(counted in the call's ``malformed_sent``).
 
 Responses run as tasks on the session's clock: ``response.created``, a think pause,
 the output events with transcript deltas at twice real-time speed, ``response.done``
@@ -163,6 +164,8 @@ class LiveSession:
             await outlet.send_text(text)
             malformed = scripted and faults.malformed_event_rate > 0
             if malformed and rng.random() < faults.malformed_event_rate:
+                if self.call is not None:
+                    self.call.malformed_sent += 1
                 await outlet.send_text(self._malformed())
             if not outlet.open:
                 self.detach(outlet)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from emulator.model import ScriptedModel
 
 WORDS_PER_DELTA = 4
+CALL_ID_PLACEHOLDER = "{call_id}"
+"""In a scenario's tool arguments, stands for the ``call_id`` of the function call made."""
 
 
 def new_id(prefix: str) -> str:
@@ -54,6 +56,9 @@ class ScriptedResponse:
         self.id = new_id("resp")
         self.item_id = new_id("item")
         self.context = context
+        if tool is not None:
+            name, arguments, step = tool
+            tool = (name, arguments.replace(CALL_ID_PLACEHOLDER, self.call_id), step)
         self.tool = tool
         self.text = tool[1] if tool else text
         session = model.session

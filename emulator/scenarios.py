@@ -17,7 +17,7 @@ same name). One file holds one scenario::
         reply: Let me check.      # what the model says to this turn (default: a generic line)
         tool:                     # the model calls this tool if the session declares it
           name: lookup_order
-          arguments: {order_id: "12345"}
+          arguments: {order_id: "12345"}   # "{call_id}" in a value: the function call's id
           then_say: "Here is what I found: {output}"   # once the output arrives
       - dtmf: "0"                 # key presses, each one a DTMF event
       - silence_s: 30             # the caller stays silent (the session's idle timeouts,

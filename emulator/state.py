@@ -94,6 +94,8 @@ class EmulatedCall:
     events_sent: list[dict[str, Any]] = field(default_factory=list)
     events_received: list[dict[str, Any]] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    malformed_sent: int = 0
+    """Broken or unknown frames the ``malformed_event_rate`` fault added on its sockets."""
     webhook_deliveries: list[dict[str, Any]] = field(default_factory=list)
     # Signals for the tasks that play the call (not part of ground truth output).
     answered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -165,6 +167,7 @@ class EmulatedCall:
             "overlapping_attachments": self.overlapping_attachments(),
             "tool_outputs": list(self.tool_outputs),
             "defects": list(self.defects),
+            "malformed_sent": self.malformed_sent,
             "webhook_deliveries": list(self.webhook_deliveries),
         }
         if include_events:

@@ -2,9 +2,12 @@
 
 It listens on loopback on a free port and keeps its files in a private directory
 (mode 0700) that ``up`` removes when it stops. Within one ``up`` it persists with an
-append-only file, so a Redis that crashes and restarts keeps the cluster's state; each
-``up`` still starts a fresh cluster, so the demo's totals start at zero and agree with
-the emulator's. Operators who want state to outlive ``up`` set ``SWITCHBOARD_REDIS_URL``.
+append-only file synced to disk before each write is acknowledged (``appendfsync
+always``), so a Redis that dies and restarts keeps every dedupe key, decision and accrual
+it confirmed; ``everysec`` could lose up to the last second of them (a machine crash, or
+a write held back behind a slow fsync), and with them a call's once-only guarantees.
+Each ``up`` still starts a fresh cluster, so the demo's totals start at zero and agree
+with the emulator's. Operators who want state to outlive ``up`` set ``SWITCHBOARD_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def start_embedded_redis(supervisor: Supervisor, parent_dir: Path) -> EmbeddedRe
         "--dir", str(data_dir),
         "--save", "",
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", "always",
         "--protected-mode", "yes",
         "--loglevel", "warning",
     ]  # fmt: skip

@@ -31,6 +31,8 @@ SUMMED = (
     "lost",
     "doubled_accepts",
     "doubled_tool_calls",
+    "doubled_tool_runs",
+    "tool_results_without_a_run",
     "overlapping_attachments",
     "leaked_admission_slots",
     "defective_calls",

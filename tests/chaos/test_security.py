@@ -3,7 +3,8 @@
 The stack runs as real processes with their output captured to files and distinctive
 secret values; the test provokes the error paths (bad signatures, bad admin tokens,
 REST 401s from an emulator that wants another key, Redis unreachable) and then greps
-every line of output and ``/metrics`` for the secrets.
+every line of output and the ``/metrics`` of the ingress, the worker and the runner for
+the secrets.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def secret_stack(workdir: Path, **options: object) -> Iterator[ChaosStack]:
         admin_token=ADMIN_TOKEN,
         redis_password=REDIS_PASSWORD,
         ring_timeout_s=10.0,
+        metrics=True,
     )
     for name, value in options.items():
         setattr(settings, name, value)
@@ -48,17 +50,38 @@ def secret_stack(workdir: Path, **options: object) -> Iterator[ChaosStack]:
 
 
 def one_clean_call(stack: ChaosStack) -> None:
-    """A call through ingress, worker and runner on this Redis, reconciled."""
+    """The first call through ingress, worker and runner on this Redis, reconciled
+    (this Redis has seen no other call, so its cluster totals are this call's)."""
+    assert stack.placed == []
     call_id = stack.place("order-status")
     rdb = stack.client()
     try:
         wait_settled(stack.emulator, rdb, [call_id], 60.0)
         wait_slots_free(rdb, 10.0)
-        result = reconcile(stack.emulator, rdb, [call_id], recorder=stack.recorder)
+        result = reconcile(
+            stack.emulator,
+            rdb,
+            [call_id],
+            recorder=stack.recorder,
+            tool_runs=stack.tool_run_ids(),
+            cluster_calls=stack.placed,
+        )
     finally:
         rdb.close()
     result.assert_clean()
     assert result.end_reasons == {"caller_hangup": 1}
+    assert result.tool_runs == 1
+
+
+def scrape(urls: dict[str, str]) -> str:
+    """Every ``/metrics`` page in ``urls``, each checked to be a Switchboard exposition."""
+    pages = []
+    for name, url in sorted(urls.items()):
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200, name
+        assert "switchboard_" in page.text, name
+        pages.append(page.text)
+    return "\n".join(pages)
 
 
 def test_secrets_never_appear_in_logs_errors_or_metrics(tmp_path: Path) -> None:
@@ -93,7 +116,8 @@ def test_secrets_never_appear_in_logs_errors_or_metrics(tmp_path: Path) -> None:
             )
         finally:
             rdb.close()
-        metrics = httpx.get(f"{ingress}/metrics", timeout=10).text
+        assert {name.split("-")[0] for name in stack.metrics_urls} == {"worker", "runner"}
+        metrics = scrape({"ingress": f"{ingress}/metrics", **stack.metrics_urls})
         # Redis unreachable: webhooks get 503, readiness fails, workers and runners retry.
         stack.redis_proc.stop()
         answers.append(stack.relay.deliver(forged).text)
@@ -102,6 +126,8 @@ def test_secrets_never_appear_in_logs_errors_or_metrics(tmp_path: Path) -> None:
         answers.append(ready.text)
         wait_until(lambda: "rror" in stack.log_text(), 20.0, "processes report Redis unreachable")
         stack.redis_proc.start()
+        # Again once Redis is back: the outage's errors may have been counted by then.
+        metrics += scrape({"ingress": f"{ingress}/metrics", **stack.metrics_urls})
 
         captured = stack.log_text() + metrics + "\n".join(answers)
         assert (

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from openai import AsyncOpenAI
 
@@ -147,6 +148,33 @@ async def test_scenario_from_a_yaml_folder_is_played(tmp_path: Path) -> None:
             received = await run_agent(client, call_id)
     said = [e.transcript for e in received if e.type == "response.output_audio_transcript.done"]
     assert said == ["One large margherita, coming right up."]
+
+
+async def test_call_id_placeholder_in_tool_arguments_is_the_function_calls_id(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "two-lookups.yaml").write_text(
+        "steps:\n"
+        "  - say: Where is my order?\n"
+        "    tool:\n"
+        "      name: lookup_order\n"
+        "      arguments: {order_id: '{call_id}', note: 'ref {call_id}'}\n"
+        "  - say: And my other order?\n"
+        "    tool: {name: lookup_order, arguments: {order_id: '{call_id}'}}\n",
+        encoding="utf-8",
+    )
+    with fast_emulator(scenario_dirs=[tmp_path]) as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "two-lookups", tools=TOOLS)
+            received = await run_agent(client, call_id)
+    done = [e for e in received if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 2
+    assert done[0].call_id != done[1].call_id
+    assert orjson.loads(done[0].arguments) == {
+        "order_id": done[0].call_id,
+        "note": f"ref {done[0].call_id}",
+    }
+    assert orjson.loads(done[1].arguments) == {"order_id": done[1].call_id}
 
 
 @pytest.mark.parametrize(

@@ -545,7 +545,9 @@ async def test_malformed_fault_adds_broken_or_unknown_frames(emu: EmulatorHandle
             validate(body)
             valid += 1
     assert broken + unknown == valid - 1  # every scripted event, not session.created
-    assert emu.call(call_id)["ended_by"] == "caller"  # the call itself was unaffected
+    truth = emu.call(call_id, events=False)
+    assert truth["malformed_sent"] == broken + unknown
+    assert truth["ended_by"] == "caller"  # the call itself was unaffected
 
 
 async def test_without_turn_detection_the_client_commits(emu: EmulatorHandle) -> None:

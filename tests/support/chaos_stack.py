@@ -5,13 +5,20 @@
 - a private ``redis-server`` (append-only with ``appendfsync always`` by default, so a
   SIGKILL loses nothing acknowledged), restartable on the same port and data;
 - the emulator in a thread, wrapped in ``RestRecorder`` so every REST answer it gives
-  (method, path, status) is counted, and sending its webhooks to the ingress;
+  (method, path, status, when it was asked and answered) is counted, and sending its
+  webhooks to the ingress;
 - ``switchboard ingress``, ``switchboard worker`` and ``switchboard runner`` processes,
-  each with its output in ``workdir/<name>.log``; any of them can be SIGKILLed and
+  each with its output in ``workdir/<name>.log`` (workers and runners also serve
+  ``/metrics`` when ``StackOptions.metrics`` is set); any of them can be SIGKILLed and
   started again.
 
+The scenarios' Python tool calls send their own tool-call id as the order number
+(the emulator's ``{call_id}`` placeholder), and ``tests.support.chaos_tools`` logs it
+on every run: ``ChaosStack.tool_run_ids`` is then the id of every tool run, in order.
+
 Everything is stopped at the end, whatever happened. ``ChaosStack.place`` places calls
-through the emulator; ``tests.support.reconcile`` checks the result.
+through the emulator (and remembers them all); ``tests.support.reconcile`` checks the
+result.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulator.app import create_app
 from emulator.config import EmulatorConfig
+from emulator.response import CALL_ID_PLACEHOLDER
+from emulator.scenarios import BUILTIN_DIR
 from ingress.verify import sign, signing_key
 from tests.support.chaos_tools import CHAOS_TOOL_LOG_ENV
 from tests.support.emulator import EmulatorHandle, serve_in_thread
@@ -102,7 +111,7 @@ steps:
     reply: I'm sorry, I can't look that up.
     tool:
       name: hanging_lookup
-      arguments: {order_id: "777"}
+      arguments: {order_id: "{call_id}"}
       then_say: "Here is what the archive said: {output}"
   - say: Okay, thanks anyway. Bye.
     pause_s: 0.3
@@ -110,10 +119,24 @@ steps:
 """
 
 
+FIXED_ORDER = 'order_id: "12345"'
+TOOL_CALL_ORDER = f'order_id: "{CALL_ID_PLACEHOLDER}"'
+
+
+def tool_call_ids_as_order_ids(scenario: str) -> str:
+    """``scenario`` with its lookup's fixed order number replaced by the tool-call id."""
+    if FIXED_ORDER not in scenario:
+        raise ValueError(f"no {FIXED_ORDER} in the scenario to replace")
+    return scenario.replace(FIXED_ORDER, TOOL_CALL_ORDER)
+
+
 def write_chaos_scenarios(folder: Path) -> Path:
+    """The chaos scenarios; ``order-status`` replaces the built-in one of that name."""
     folder.mkdir(parents=True, exist_ok=True)
+    order_status = (BUILTIN_DIR / "order-status.yaml").read_text()
+    (folder / "order-status.yaml").write_text(tool_call_ids_as_order_ids(order_status))
     (folder / "steady-call.yaml").write_text(STEADY_CALL)
-    (folder / "steady-order.yaml").write_text(STEADY_ORDER)
+    (folder / "steady-order.yaml").write_text(tool_call_ids_as_order_ids(STEADY_ORDER))
     (folder / "hanging-tool.yaml").write_text(HANGING_TOOL)
     return folder
 
@@ -123,6 +146,10 @@ class RestExchange:
     method: str
     path: str
     status: int
+    asked_at: float
+    """``time.monotonic()`` when the request arrived."""
+    answered_at: float
+    """``time.monotonic()`` when its answer started."""
 
 
 class RestRecorder:
@@ -132,22 +159,43 @@ class RestRecorder:
         self.app = app
         self.exchanges: list[RestExchange] = []
         self._by_path: dict[str, list[int]] = {}
+        self._asked: Counter[str] = Counter()
         self.lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope["path"]).startswith("/v1/"):
             await self.app(scope, receive, send)
             return
+        asked_at = time.monotonic()
+        path = str(scope["path"])
+        with self.lock:
+            self._asked[path] += 1
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                exchange = RestExchange(scope["method"], path, status, asked_at, time.monotonic())
                 with self.lock:
-                    self.exchanges.append(RestExchange(scope["method"], scope["path"], status))
-                    self._by_path.setdefault(scope["path"], []).append(status)
+                    self._asked[path] -= 1
+                    self.exchanges.append(exchange)
+                    self._by_path.setdefault(path, []).append(status)
             await send(message)
 
         await self.app(scope, receive, recording_send)
+
+    def in_flight(self, verb: str) -> int:
+        """Requests to ``.../{verb}`` asked and not answered yet."""
+        with self.lock:
+            return sum(n for path, n in self._asked.items() if path.endswith("/" + verb))
+
+    def spanning(self, verb: str, at: float) -> list[RestExchange]:
+        """Answered requests to ``.../{verb}`` that were in flight at ``at`` (monotonic)."""
+        with self.lock:
+            return [
+                e
+                for e in self.exchanges
+                if e.path.endswith("/" + verb) and e.asked_at <= at <= e.answered_at
+            ]
 
     def statuses(self, call_id: str, verb: str) -> list[int]:
         """Statuses answered to ``POST /v1/realtime/calls/{call_id}/{verb}``, in order."""
@@ -244,6 +292,8 @@ class StackOptions:
     """The key the emulator demands (default: ``api_key``)."""
     webhook_secret: str = EmulatorConfig().webhook_secret
     admin_token: str = "chaos-admin-token"
+    metrics: bool = False
+    """Workers and runners serve ``/metrics`` (on ports in ``ChaosStack.metrics_urls``)."""
     redis_password: str | None = None
     redis_tls: bool = False
     """Serve Redis over TLS only (a self-signed certificate made with ``openssl``)."""
@@ -342,6 +392,10 @@ class ChaosStack:
         self.ingress: Child | None = None
         self.workers: list[Child] = []
         self.runners: dict[str, Child] = {}
+        self.metrics_urls: dict[str, str] = {}
+        """``/metrics`` of each worker and runner started with a metrics port, by child name."""
+        self.placed: list[str] = []
+        """Every call placed through this stack, in order."""
         self._serial = 0
         self.write_policy(options.max_calls)
 
@@ -385,10 +439,23 @@ class ChaosStack:
         wait_until(http_ok(f"{self.ingress_url}/healthz"), 30.0, "ingress /healthz", child)
         return child
 
+    def _metrics_args(self, name: str) -> list[str]:
+        if not self.options.metrics:
+            return []
+        port = free_port()
+        self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+        return ["--metrics-port", str(port)]
+
     def start_worker(self) -> Child:
         self._serial += 1
-        argv = switchboard_argv("worker", "--concurrency", str(self.options.worker_concurrency))
-        child = spawn(f"worker-{self._serial}", argv, self.workdir, env=self.env())
+        name = f"worker-{self._serial}"
+        argv = switchboard_argv(
+            "worker",
+            "--concurrency",
+            str(self.options.worker_concurrency),
+            *self._metrics_args(name),
+        )
+        child = spawn(name, argv, self.workdir, env=self.env())
         self.workers.append(child)
         wait_until(lambda: " ready." in child.tail(400), 60.0, "celery worker ready", child)
         return child
@@ -396,10 +463,16 @@ class ChaosStack:
     def start_runner(self, runner_id: str | None = None) -> Child:
         self._serial += 1
         runner_id = runner_id or f"chaos-runner-{self._serial}"
+        name = f"runner-{runner_id}"
         argv = switchboard_argv(
-            "runner", "--id", runner_id, "--capacity", str(self.options.runner_capacity)
+            "runner",
+            "--id",
+            runner_id,
+            "--capacity",
+            str(self.options.runner_capacity),
+            *self._metrics_args(name),
         )
-        child = spawn(f"runner-{runner_id}", argv, self.workdir, env=self.env())
+        child = spawn(name, argv, self.workdir, env=self.env())
         self.runners[runner_id] = child
         rdb = self.client()
         try:
@@ -448,10 +521,17 @@ class ChaosStack:
 
     def place(self, scenario: str, *, caller: str = "+14155550100", to: str | None = None) -> str:
         line = to or (STEADY_LINE if scenario.startswith("steady-") else "+18005550100")
-        return self.emulator.place_call(scenario=scenario, from_=caller, to=line)
+        call_id = self.emulator.place_call(scenario=scenario, from_=caller, to=line)
+        self.placed.append(call_id)
+        return call_id
 
     def tool_runs(self) -> list[str]:
+        """One ``<tool> <tool-call id>`` line per run of a chaos tool, in order."""
         return [line for line in self.tool_log.read_text().splitlines() if line]
+
+    def tool_run_ids(self) -> list[str]:
+        """The tool-call id of every run of a chaos tool, in order (repeated if rerun)."""
+        return [line.split(" ", 1)[1] for line in self.tool_runs()]
 
     def close(self) -> None:
         for child in [*self.runners.values(), *self.workers]:

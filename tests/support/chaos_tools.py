@@ -1,8 +1,11 @@
 """Python tools for chaos tests, run in-process by the session runners under test.
 
-``lookup_order`` appends one line per run to the file named by ``CHAOS_TOOL_LOG_ENV``
-(when set), so a test counts how often a tool really ran, independently of any ledger;
-``hanging_lookup`` never returns, so only the tool's timeout can end it.
+Each tool appends one line per run, ``<tool> <order_id>``, to the file named by
+``CHAOS_TOOL_LOG_ENV`` (when set), so a test counts how often a tool really ran,
+independently of any ledger. A tool cannot learn the id of the tool call it runs for,
+so the chaos scenarios send that id as the order number (the emulator's ``{call_id}``
+placeholder): the log then names the tool call of each run. ``hanging_lookup`` never
+returns, so only the tool's timeout can end it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import os
 from typing import Any
 
 CHAOS_TOOL_LOG_ENV = "SWITCHBOARD_CHAOS_TOOL_LOG"
+LOGGED_TOOLS = frozenset({"lookup_order", "hanging_lookup"})
+"""The tools (by the name the chaos policy gives them) that log their runs."""
 
 
 def _log(line: str) -> None:

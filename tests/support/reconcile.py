@@ -11,12 +11,16 @@ After a run (with or without faults), ``reconcile`` checks every placed call:
   ``session.update`` that overrides the SIP audio format, see ``emulator.calls``);
 - decided once: at most one successful accept and one successful reject per call
   (the REST answers are counted by ``RestRecorder``; 409 answers are counted too);
-- tools once: at most one tool output per tool-call id, and the tools ran no more
-  often than the model called them;
+- tools once: at most one tool output per tool-call id; and given the ids the tools
+  ran for (``tool_runs``, from ``tests.support.chaos_tools``' log), every tool call of
+  a logging tool ran at most once, and every one answered with a tool's result (not an
+  error output) really ran;
 - one sideband at a time: no overlapping attachments;
 - money: each call's ``cost_usd`` is the price table applied to the usage the
   emulator billed, or else the price of exactly the ``response.done`` usages it sent
-  on a socket (at most one lost per dropped socket); the cluster totals are the sum over all calls;
+  on a socket (at most one lost per dropped socket);
+- the whole cluster (given ``cluster_calls``, every call this Redis has seen): its cost
+  total is the sum over all those calls, and no tool ran for a tool call none of them made;
 - nothing held: no admission slot, live-index entry or pending hand-over left.
 
 The result is a ``Reconciliation`` with counts (for soak figures) and a list of
@@ -27,11 +31,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import redis
 
 from shared import keys
@@ -45,6 +50,7 @@ from shared.pricing import (
     default_price_table,
 )
 from tests.support.chaos_stack import RestRecorder
+from tests.support.chaos_tools import LOGGED_TOOLS
 from tests.support.emulator import EmulatorHandle
 
 EMULATOR_OVER = frozenset({"ended", "rejected", "missed"})
@@ -62,6 +68,10 @@ class Reconciliation:
     lost: list[str] = field(default_factory=list)
     doubled_accepts: list[str] = field(default_factory=list)
     doubled_tools: list[str] = field(default_factory=list)
+    doubled_tool_runs: list[str] = field(default_factory=list)
+    """Tool-call ids a tool ran for more than once."""
+    unrun_results: list[str] = field(default_factory=list)
+    """Tool-call ids answered with a tool's result although the tool never ran for them."""
     overlapping: list[str] = field(default_factory=list)
     leaked_slots: list[str] = field(default_factory=list)
     defective: list[str] = field(default_factory=list)
@@ -89,6 +99,8 @@ class Reconciliation:
             "lost": len(self.lost),
             "doubled_accepts": len(self.doubled_accepts),
             "doubled_tool_calls": len(self.doubled_tools),
+            "doubled_tool_runs": len(self.doubled_tool_runs),
+            "tool_results_without_a_run": len(self.unrun_results),
             "overlapping_attachments": len(self.overlapping),
             "leaked_admission_slots": len(self.leaked_slots),
             "defective_calls": len(self.defective),
@@ -113,12 +125,26 @@ class Reconciliation:
         )
 
 
-def _issued_tool_calls(truth: dict[str, Any]) -> set[str]:
+def _issued_tool_calls(truth: dict[str, Any]) -> dict[str, str]:
+    """The tool calls the model made in this call: tool name by tool-call id."""
     return {
-        str(event.get("call_id"))
+        str(event.get("call_id")): str(event.get("name"))
         for event in truth.get("events_sent", [])
         if event.get("type") == "response.function_call_arguments.done"
     }
+
+
+def is_tool_result(output: str) -> bool:
+    """True for an output a tool's return value made (a JSON object without ``error``).
+
+    Error outputs (``{"error": ...}``) and plain-text notes (a tool that could not be run,
+    or whose outcome a failover lost) are not results: they need no run behind them.
+    """
+    try:
+        parsed = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and "error" not in parsed
 
 
 def _text(raw: bytes | str) -> str:
@@ -172,30 +198,42 @@ def reconcile(
     call_ids: Iterable[str],
     *,
     recorder: RestRecorder | None = None,
-    tool_runs: int | None = None,
-    whole_cluster: bool = False,
+    tool_runs: Iterable[str] | None = None,
+    logged_tools: Collection[str] = LOGGED_TOOLS,
+    cluster_calls: Collection[str] | None = None,
     table: PriceTable | None = None,
 ) -> Reconciliation:
     """Check ``call_ids`` (see the module docstring).
 
-    ``whole_cluster``: the calls are every call this Redis has seen, so the cluster
-    totals, the admission sets and the live index must match them exactly.
+    ``tool_runs``: the tool-call id of every run of the tools named in ``logged_tools``
+    (an id once per run), for as long as this Redis has served calls.
+    ``cluster_calls``: every call this Redis has seen, ``call_ids`` among them (the others
+    already reconciled and over), so the cluster totals, the admission sets and the live
+    index must match them exactly.
     """
     table = table or default_price_table()
     result = Reconciliation()
-    for call_id in call_ids:
+    runs = Counter(tool_runs) if tool_runs is not None else None
+    if runs is not None:
+        result.tool_runs = 0
+    issued: set[str] = set()
+    checked = list(call_ids)
+    for call_id in checked:
         result.placed += 1
-        _check_call(result, emu, rdb, call_id, recorder, table)
-    if tool_runs is not None:
-        result.tool_runs = tool_runs
-        if tool_runs > result.tool_calls:
-            result.problem(f"tools ran {tool_runs} times for {result.tool_calls} tool calls")
+        issued |= _check_call(result, emu, rdb, call_id, recorder, table, runs, logged_tools)
     held = [*rdb.hkeys(keys.ADMISSION_HOLDERS), *rdb.zrange(keys.ADMISSION_ACTIVE, 0, -1)]
     result.leaked_slots = sorted({_text(member) for member in held})
     if result.leaked_slots:
         result.problem(f"admission slots still held: {result.leaked_slots[:10]}")
-    if whole_cluster:
-        _check_cluster(result, rdb, table)
+    if cluster_calls is not None:
+        earlier = [call_id for call_id in cluster_calls if call_id not in set(checked)]
+        _check_cluster(result, emu, rdb, table, earlier)
+        if runs is not None:
+            for call_id in earlier:
+                issued |= set(_issued_tool_calls(emu.call(call_id)))
+            foreign = sorted(set(runs) - issued)
+            if foreign:
+                result.problem(f"tools ran for tool calls no call made: {foreign[:10]}")
     SEEN.append(result)
     return result
 
@@ -207,8 +245,12 @@ def _check_call(
     call_id: str,
     recorder: RestRecorder | None,
     table: PriceTable,
-) -> None:
+    runs: Counter[str] | None,
+    logged_tools: Collection[str],
+) -> set[str]:
+    """Check one call; returns the ids of the tool calls the model made in it."""
     truth = emu.call(call_id)
+    issued = _issued_tool_calls(truth)
     record = _record(rdb, call_id)
     result.emulator_states[truth["state"]] += 1
     if truth["state"] not in EMULATOR_OVER:
@@ -216,7 +258,7 @@ def _check_call(
     if record is None:
         result.lost.append(call_id)
         result.problem(f"{call_id}: no call record (emulator: {truth['state']})")
-        return
+        return set(issued)
     result.record_states[record.state.value] += 1
     if record.terminal and record.end_reason:
         result.accounted += 1
@@ -252,11 +294,13 @@ def _check_call(
             result.problem(f"{call_id}: accepted, but accept answers were {accepts}")
     outputs = Counter(str(out.get("call_id")) for out in truth["tool_outputs"])
     result.tool_outputs += sum(outputs.values())
-    result.tool_calls += len(_issued_tool_calls(truth))
+    result.tool_calls += len(issued)
     doubled = sorted(tool_id for tool_id, n in outputs.items() if n > 1)
     if doubled:
         result.doubled_tools.append(call_id)
         result.problem(f"{call_id}: tool calls answered more than once: {doubled}")
+    if runs is not None:
+        _check_tool_runs(result, call_id, truth, issued, runs, logged_tools)
     if truth["overlapping_attachments"]:
         result.overlapping.append(call_id)
         result.problem(f"{call_id}: overlapping sideband attachments {truth['attachments']}")
@@ -264,7 +308,7 @@ def _check_call(
     billed = cost_of_tokens(TokenCounts.from_dict(truth["usage"]), model, table).total_usd
     result.cost_usd += record.cost_usd
     if record.cost_usd == billed:
-        return
+        return set(issued)
     # Responses that finished while no sideband was attached (after a drop, or after
     # our side closed it at the end of the call), or whose response.done was the event
     # a dropped socket never carried, were never reported to us: they are billed but
@@ -281,6 +325,39 @@ def _check_call(
             f"{call_id}: cost_usd {record.cost_usd} but the reported usage costs {billed}"
             f" ({len(reported)} responses reported, {len(counted)} counted, {drops} drops)"
         )
+    return set(issued)
+
+
+def _check_tool_runs(
+    result: Reconciliation,
+    call_id: str,
+    truth: dict[str, Any],
+    issued: dict[str, str],
+    runs: Counter[str],
+    logged_tools: Collection[str],
+) -> None:
+    """Each tool call of a logging tool ran at most once, and ran if it got a result."""
+    answered = {str(out.get("call_id")): str(out.get("output")) for out in truth["tool_outputs"]}
+    results = {
+        str(out.get("call_id"))
+        for out in truth["tool_outputs"]
+        if is_tool_result(str(out.get("output")))
+    }
+    for tool_id, name in sorted(issued.items()):
+        if name not in logged_tools:
+            continue
+        ran = runs.get(tool_id, 0)
+        assert result.tool_runs is not None
+        result.tool_runs += ran
+        if ran > 1:
+            result.doubled_tool_runs.append(tool_id)
+            result.problem(f"{call_id}: {name} ran {ran} times for tool call {tool_id}")
+        if ran == 0 and tool_id in results:
+            result.unrun_results.append(tool_id)
+            result.problem(
+                f"{call_id}: tool call {tool_id} answered {answered[tool_id][:80]!r}"
+                f" but {name} never ran for it"
+            )
 
 
 def _dropped_attachments(truth: dict[str, Any]) -> int:
@@ -308,11 +385,28 @@ def _reported_usage(truth: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_cluster(result: Reconciliation, rdb: redis.Redis, table: PriceTable) -> None:
+def _check_cluster(
+    result: Reconciliation,
+    emu: EmulatorHandle,
+    rdb: redis.Redis,
+    table: PriceTable,
+    earlier: list[str],
+) -> None:
+    """The cluster totals against the checked calls plus the ``earlier`` ones."""
+    before = Decimal(0)
+    for call_id in earlier:
+        record = _record(rdb, call_id)
+        if record is None:
+            if emu.call(call_id, events=False)["accept"] is not None:
+                result.problem(f"{call_id}: placed earlier and accepted, but has no record")
+            continue
+        before += record.cost_usd
     totals = Accounting(rdb, table).cluster_totals()
-    if totals.cost.total_usd != result.cost_usd:
+    expected = result.cost_usd + before
+    if totals.cost.total_usd != expected:
         result.problem(
-            f"cluster cost {totals.cost.total_usd} != {result.cost_usd} (the sum over calls)"
+            f"cluster cost {totals.cost.total_usd} != {expected} (the sum over"
+            f" {result.placed} calls checked and {len(earlier)} earlier ones)"
         )
     live = rdb.zcard(keys.LIVE_CALLS)
     if live:
