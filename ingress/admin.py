@@ -38,6 +38,7 @@ from ingress.admin_openapi import openapi_document
 from ingress.admin_requests import (
     COMMAND_BODIES,
     AdminError,
+    decimal_integer,
     path_id,
     read_json,
     validation_message,
@@ -127,12 +128,12 @@ class AdminApi:
                 raise AdminError(422, "invalid_parameter", f"state must be one of {names}")
             states = [CallState(name) for name in wanted]
         limits = request.query_params.getlist("limit") or [str(LIST_LIMIT_MAX)]
-        raw_limit = limits[0]
-        if len(limits) > 1 or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        limit = decimal_integer(limits[0]) if len(limits) == 1 else None
+        if limit is None or not 1 <= limit <= LIST_LIMIT_MAX:
             raise AdminError(
                 422, "invalid_parameter", f"limit must be an integer from 1 to {LIST_LIMIT_MAX}"
             )
-        records = await self._store.list_calls(states, limit=int(raw_limit))
+        records = await self._store.list_calls(states, limit=limit)
         now_s = self._clock()
         return _json({"calls": [call_document(record, now_s) for record in records]})
 

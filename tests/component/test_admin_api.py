@@ -153,8 +153,29 @@ def test_calls_lists_live_calls_only_with_their_documents(
     assert api.get("/v1/calls", params={"limit": 1}).json()["calls"][0]["id"] in calls
 
 
-@pytest.mark.parametrize("params", [{"state": "bogus"}, {"limit": "0"}, {"limit": "x"}])
-def test_bad_list_parameters_are_422(api: httpx.Client, params: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"state": "bogus"},
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "x"},
+        {"limit": ""},
+        # Digits to str.isdigit() that int() refuses, or reads though they are no JSON integer.
+        {"limit": "\u00b2"},
+        {"limit": "\u0663"},
+        {"limit": "\uff15"},
+        {"limit": "+5"},
+        {"limit": " 5"},
+        {"limit": "1_0"},
+        {"limit": "9" * 5000},
+        [("limit", "1"), ("limit", "2")],
+        {"bogus": "1"},
+    ],
+)
+def test_bad_list_parameters_are_422(
+    api: httpx.Client, params: dict[str, str] | list[tuple[str, str]]
+) -> None:
     assert error_code(api.get("/v1/calls", params=params), 422) == "invalid_parameter"
 
 
