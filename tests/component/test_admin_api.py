@@ -8,6 +8,9 @@ import httpx
 import pytest
 import redis
 import redis.asyncio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ingress.app import create_app
 from shared import keys
@@ -120,6 +123,54 @@ async def test_an_unreachable_redis_is_a_503_not_a_crash() -> None:
             for method, path in [("GET", "/v1/calls"), ("POST", "/v1/calls/rtc_1/hangup")]:
                 response = await http.request(method, path, headers=headers)
                 assert error_code(response, 503) == "unavailable"
+    finally:
+        await client.aclose()
+
+
+# Router errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [TOKEN, None])
+def test_unknown_paths_and_wrong_methods_are_json_errors(ingress: str, token: str | None) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=ingress, headers=headers, timeout=5.0) as http:
+        for method, path in [
+            ("GET", "/v1/nothing"),
+            ("POST", "/v1/calls/rtc_1/frobnicate"),
+            ("GET", "/v1/runners/r1"),
+            ("GET", "/nothing"),
+        ]:
+            assert error_code(http.request(method, path), 404) == "not_found", path
+        for method, path, allowed in [
+            ("GET", "/v1/calls/x/transfer", "POST"),
+            ("DELETE", "/v1/calls/x", "GET"),
+            ("POST", "/v1/calls", "GET"),
+            ("GET", "/v1/runners/r1/drain", "POST"),
+            ("GET", "/webhooks/openai", "POST"),
+            ("POST", "/healthz", "GET"),
+            ("POST", "/metrics", "GET"),
+        ]:
+            response = http.request(method, path)
+            assert error_code(response, 405) == "method_not_allowed", path
+            assert allowed in response.headers["allow"].split(", ")
+        # The routes that are there still answer as before.
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+async def test_an_unexpected_exception_is_a_json_500(redis_url: str) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("unexpected secret-free failure")
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    settings = Settings(openai_webhook_secret=SECRET, redis_url=redis_url, admin_token=TOKEN)
+    app = create_app(settings, redis_client=client, extra_routes=[Route("/v1/broken", broken)])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as http:
+            response = await http.get("/v1/broken")
+        assert error_code(response, 500) == "internal_error"
+        assert "secret-free" not in response.text
     finally:
         await client.aclose()
 
