@@ -48,7 +48,12 @@ from shared import keys
 from shared.commands import AsyncCommandQueue, CallEnded, CallNotFound, InvalidCommand
 from shared.models import LIVE_STATES, CallState
 from shared.policy_file import PolicySource
-from shared.runner_registry import DRAIN_FIELD, RunnerRegistry
+from shared.runner_registry import (
+    DRAIN_FIELD,
+    RUNNER_ID_RULE,
+    RunnerRegistry,
+    valid_runner_id,
+)
 from shared.settings import Settings
 from shared.store import AsyncCallStore, StoreUnavailable
 
@@ -191,7 +196,10 @@ class AdminApi:
         return _json({"runners": documents})
 
     async def drain_runner(self, request: Request) -> Response:
-        runner_id = path_id(request, "runner_id", "runner")
+        runner_id = str(request.path_params["runner_id"])
+        if not valid_runner_id(runner_id):
+            message = f"no such runner {runner_id[:64]!r}: {RUNNER_ID_RULE}"
+            raise AdminError(404, "runner_not_found", message)
         key = keys.runner(runner_id)
         if not await self._redis.exists(key):
             raise AdminError(404, "runner_not_found", f"no such runner {runner_id[:64]!r}")

@@ -357,6 +357,21 @@ def test_runners_with_load_heartbeat_and_drain(
     assert error_code(api.post("/v1/runners/nobody/drain"), 404) == "runner_not_found"
 
 
+def test_a_runner_id_that_names_another_key_is_no_runner(
+    api: httpx.Client, redis_client: redis.Redis
+) -> None:
+    register_runner(redis_client, "runner-a")
+    redis_client.rpush(keys.runner_commands("runner-a"), "rtc_1")
+    redis_client.sadd(keys.runner_calls("runner-a"), "rtc_1")
+    redis_client.rpush(keys.runner_inbox("runner-a"), "rtc_2")
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    for bad in ("runner-a:commands", "runner-a:calls", "runner-a:inbox", "{runner-a}", "a%20b"):
+        response = api.post(f"/v1/runners/{bad}/drain")
+        assert error_code(response, 404) == "runner_not_found", bad
+        assert "runner ids are" in response.json()["error"]["message"]
+    assert {key: redis_client.dump(key) for key in redis_client.keys("*")} == before
+
+
 def test_the_openapi_document_lists_every_route(ingress: str) -> None:
     document = httpx.get(f"{ingress}/openapi.json", timeout=5.0).json()
     assert document["openapi"].startswith("3.1")

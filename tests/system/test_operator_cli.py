@@ -178,6 +178,13 @@ def test_refusals_and_usage_errors_have_their_exit_codes(
     assert cli_json("calls", "show", call_id, cwd=up.cwd)["state"] == "active"
     assert (up.cwd / ".switchboard" / "up.json").exists()
 
+    # An id that would name one of a real runner's other keys is a usage error.
+    runner_id = sorted(up.runner_ids())[0]
+    for suffix in (":commands", ":calls"):
+        line = refused(cli("runners", "drain", runner_id + suffix, cwd=up.cwd), 2)
+        assert line.startswith(f"error: invalid runner id {runner_id + suffix!r}"), line
+    assert all(not r["draining"] for r in cli_json("runners", "list", cwd=up.cwd)["runners"])
+
     # Usage errors are the parser's: in process, against the same stack.
     monkeypatch.chdir(up.cwd)
     runner = CliRunner()
@@ -190,6 +197,7 @@ def test_refusals_and_usage_errors_have_their_exit_codes(
         ["stats", "--bogus"],
         ["calls", "say", call_id, "hi", "--wait", "-1"],
         ["up", "--runners", "-1"],
+        ["runner", "--id", "r1:calls"],
     ):
         assert runner.invoke(app, usage).exit_code == 2, usage
 
