@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 
 import httpx
@@ -82,6 +83,37 @@ def test_a_missing_or_wrong_token_is_refused(
         assert error_code(response, 401) == "unauthorized"
         assert response.headers["www-authenticate"] == "Bearer"
     assert queued(redis_client, "rtc_auth") == []
+
+
+async def test_every_token_check_is_a_constant_time_comparison(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Timing differences of a few nanoseconds cannot be measured reliably from a test; what
+    # can be checked is that every given token reaches hmac.compare_digest, whole.
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(given: bytes, expected: bytes) -> bool:
+        compared.append((given, expected))
+        return real(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    settings = Settings(openai_webhook_secret=SECRET, redis_url=redis_url, admin_token=TOKEN)
+    transport = httpx.ASGITransport(app=create_app(settings, redis_client=client))
+    given = [TOKEN, TOKEN[:-1] + "x", "x" + TOKEN[1:], TOKEN[:3], ""]
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as http:
+            statuses = [
+                (
+                    await http.get("/v1/runners", headers={"Authorization": f"Bearer {t}"})
+                ).status_code
+                for t in given
+            ]
+    finally:
+        await client.aclose()
+    assert statuses == [200, 401, 401, 401, 401]
+    assert compared == [(t.encode(), TOKEN.encode()) for t in given]
 
 
 async def test_without_a_configured_token_every_admin_request_is_refused(
