@@ -38,6 +38,7 @@ from ingress.admin_openapi import openapi_document
 from ingress.admin_requests import (
     COMMAND_BODIES,
     AdminError,
+    decimal_integer,
     path_id,
     read_json,
     validation_message,
@@ -47,7 +48,12 @@ from shared import keys
 from shared.commands import AsyncCommandQueue, CallEnded, CallNotFound, InvalidCommand
 from shared.models import LIVE_STATES, CallState
 from shared.policy_file import PolicySource
-from shared.runner_registry import DRAIN_FIELD, RunnerRegistry
+from shared.runner_registry import (
+    DRAIN_FIELD,
+    RUNNER_ID_RULE,
+    RunnerRegistry,
+    valid_runner_id,
+)
 from shared.settings import Settings
 from shared.store import AsyncCallStore, StoreUnavailable
 
@@ -127,12 +133,12 @@ class AdminApi:
                 raise AdminError(422, "invalid_parameter", f"state must be one of {names}")
             states = [CallState(name) for name in wanted]
         limits = request.query_params.getlist("limit") or [str(LIST_LIMIT_MAX)]
-        raw_limit = limits[0]
-        if len(limits) > 1 or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        limit = decimal_integer(limits[0]) if len(limits) == 1 else None
+        if limit is None or not 1 <= limit <= LIST_LIMIT_MAX:
             raise AdminError(
                 422, "invalid_parameter", f"limit must be an integer from 1 to {LIST_LIMIT_MAX}"
             )
-        records = await self._store.list_calls(states, limit=int(raw_limit))
+        records = await self._store.list_calls(states, limit=limit)
         now_s = self._clock()
         return _json({"calls": [call_document(record, now_s) for record in records]})
 
@@ -190,7 +196,10 @@ class AdminApi:
         return _json({"runners": documents})
 
     async def drain_runner(self, request: Request) -> Response:
-        runner_id = path_id(request, "runner_id", "runner")
+        runner_id = str(request.path_params["runner_id"])
+        if not valid_runner_id(runner_id):
+            message = f"no such runner {runner_id[:64]!r}: {RUNNER_ID_RULE}"
+            raise AdminError(404, "runner_not_found", message)
         key = keys.runner(runner_id)
         if not await self._redis.exists(key):
             raise AdminError(404, "runner_not_found", f"no such runner {runner_id[:64]!r}")

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from ingress.admin_documents import SCHEMAS
 from shared.models import LIVE_STATES, CallState
+from shared.runner_registry import RUNNER_ID_PATTERN
 
 ERROR_TEXT = {
     "400": "The body is not valid JSON.",
@@ -55,12 +56,14 @@ EXAMPLE_CALL_ID = "rtc_479a275623b54bdb9b6fbae2f7cbd408"
 EXAMPLE_RUNNER_ID = "host-a-4242-1f2e3d"
 
 
-def _path_parameter(name: str, text: str, example: str) -> dict[str, Any]:
+def _path_parameter(
+    name: str, text: str, example: str, pattern: str | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "schema": {"type": "string"},
+        "schema": {"type": "string"} | ({"pattern": pattern} if pattern else {}),
         "description": text,
         "example": example,
     }
@@ -128,7 +131,11 @@ def openapi_document(bodies: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
             "post": {
                 "operationId": "drainRunner",
                 "summary": "Hand a runner's calls over and stop it taking new ones.",
-                "parameters": [_path_parameter("runner_id", "The runner id.", EXAMPLE_RUNNER_ID)],
+                "parameters": [
+                    _path_parameter(
+                        "runner_id", "The runner id.", EXAMPLE_RUNNER_ID, RUNNER_ID_PATTERN
+                    )
+                ],
                 "responses": _responses("202", "Drain", "Drain requested.", "404"),
             }
         },

@@ -7,6 +7,11 @@ Redis client and its metrics registry. ``POST /webhooks/openai``, nearly all of 
 traffic, is handed to the webhook receiver ahead of the middleware stack
 (``IngressApp``); every other request goes through it as usual.
 
+Every error answer is JSON, ``{"error": {"code", "message"}}``: those of the endpoints
+themselves, and the router's (an unknown path is a 404 ``not_found``, a method a route
+does not take a 405 ``method_not_allowed`` with its ``Allow`` header) and an unexpected
+exception's 500 ``internal_error`` (``http_error``).
+
 Settings come from the environment. A missing or unusable ``OPENAI_WEBHOOK_SECRET`` or
 ``SWITCHBOARD_REDIS_URL`` stops start-up with a one-line error (exit 2) that names the
 variable and never its value.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
 import os
 import sys
@@ -30,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -60,6 +67,31 @@ def connect_redis(url: str) -> redis.asyncio.Redis:
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2),
     )
     return client
+
+
+MAX_PATH_SHOWN = 200
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """The JSON answer to a router error (404, 405) or an unexpected exception (500)."""
+    if not isinstance(exc, HTTPException):
+        return error_response(500, "internal_error", "internal error; see the ingress log")
+    status = exc.status_code
+    where = f"{request.method} {request.url.path[:MAX_PATH_SHOWN]}"
+    headers = dict(exc.headers or {})
+    if status == 404:
+        message = f"no such endpoint: {where}"
+    elif status == 405:
+        message = f"method not allowed: {where} (allowed: {headers.get('Allow', 'none')})"
+    else:
+        message = str(exc.detail)
+    try:
+        code = http.HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        code = "http_error"
+    response = error_response(status, code, message)
+    response.headers.update(headers)
+    return response
 
 
 def _routes(
@@ -170,7 +202,10 @@ def create_app(
         *extra_routes,
     ]
     timed = Middleware(AdminRequestMetrics, metrics=ingress_metrics, routes=routes)
-    app = IngressApp(routes=routes, lifespan=lifespan, middleware=[timed])
+    errors = {HTTPException: http_error, Exception: http_error}
+    app = IngressApp(
+        routes=routes, lifespan=lifespan, middleware=[timed], exception_handlers=errors
+    )
     app.webhook = receiver
     app.state.redis = client
     app.state.registry = registry

@@ -22,7 +22,8 @@ any number of times, from any number of processes, is therefore harmless.
 
 USD totals are derived from the integer token counts with the price table when read
 (``call_cost``, ``cluster_totals``, ``profile_totals``), so they reconcile exactly with
-the tokens the API reported. ``count_outcome`` bumps the call-outcome counters.
+the tokens the API reported. ``count_outcome`` bumps the call-outcome counters and, for
+an accepted call, its bucket of the setup-latency histogram, in the same round trip.
 
 A response's usage is reported once and never again, so the session runner calls
 ``AsyncAccounting.accrue_retrying``: a Redis that is away for a moment (a restart, a
@@ -54,7 +55,7 @@ from shared.accrual import (
 from shared.errors import CallNotFound
 from shared.outage import through_outage
 from shared.pricing import PriceTable, default_price_table
-from shared.usage_totals import Totals, check_label, totals_from_hash
+from shared.usage_totals import Totals, check_label, setup_field, totals_from_hash
 
 __all__ = [
     "PENDING_TAKEOVER_S",
@@ -80,6 +81,12 @@ def _queue_counters(
             pipe.hincrby(key, name, count)
     if profile is not None:
         pipe.sadd(keys.STATS_PROFILES, profile)
+
+
+def _outcome_counters(name: str, setup_s: float | None) -> list[tuple[str, int]]:
+    if setup_s is None:
+        return [(name, 1)]
+    return [(name, 1), (setup_field(max(0.0, setup_s)), 1)]
 
 
 class Accounting:
@@ -111,16 +118,25 @@ class Accounting:
         return result
 
     def count_outcome(
-        self, outcome: str, profile: str | None, reason: str | None = None, *, call_id: str = ""
+        self,
+        outcome: str,
+        profile: str | None,
+        reason: str | None = None,
+        *,
+        call_id: str = "",
+        setup_s: float | None = None,
     ) -> bool:
-        """Bump a call-outcome counter; with ``call_id`` only once per call and outcome."""
+        """Bump a call-outcome counter; with ``call_id`` only once per call and outcome.
+
+        ``setup_s`` (the call's setup latency) is counted in the setup histogram with it.
+        """
         name, stats, marker = outcome_counter(outcome, profile, reason)
         if call_id and not self._mark(
             keys=[keys.call_counted(call_id)], args=[keys.CALL_TTL_S, marker]
         ):
             return False
         pipe = self._redis.pipeline(transaction=False)
-        _queue_counters(pipe, stats, [(name, 1)], profile)
+        _queue_counters(pipe, stats, _outcome_counters(name, setup_s), profile)
         pipe.execute()
         return True
 
@@ -201,16 +217,25 @@ class AsyncAccounting:
         return await through_outage(attempt, deadline_s=deadline_s, on_retry=on_retry)
 
     async def count_outcome(
-        self, outcome: str, profile: str | None, reason: str | None = None, *, call_id: str = ""
+        self,
+        outcome: str,
+        profile: str | None,
+        reason: str | None = None,
+        *,
+        call_id: str = "",
+        setup_s: float | None = None,
     ) -> bool:
-        """Bump a call-outcome counter; with ``call_id`` only once per call and outcome."""
+        """Bump a call-outcome counter; with ``call_id`` only once per call and outcome.
+
+        ``setup_s`` (the call's setup latency) is counted in the setup histogram with it.
+        """
         name, stats, marker = outcome_counter(outcome, profile, reason)
         if call_id and not await self._mark(
             keys=[keys.call_counted(call_id)], args=[keys.CALL_TTL_S, marker]
         ):
             return False
         pipe = self._redis.pipeline(transaction=False)
-        _queue_counters(pipe, stats, [(name, 1)], profile)
+        _queue_counters(pipe, stats, _outcome_counters(name, setup_s), profile)
         await pipe.execute()
         return True
 

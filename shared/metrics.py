@@ -27,13 +27,16 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.usage_totals import SETUP_BOUNDS_S
+
 Kind = Literal["counter", "gauge", "histogram"]
 
 # Buckets, in the unit of the metric they serve.
 WEBHOOK_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ADMIN_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-SETUP_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-"""Webhook in -> accept sent; the SLO bound (0.02) is a bucket edge."""
+SETUP_BUCKETS_S = SETUP_BOUNDS_S
+"""Webhook in -> accept sent; the same edges as the cluster's own setup histogram
+(``shared.usage_totals``); the SLO bound (0.02) is a bucket edge."""
 REST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TASK_BUCKETS_S = (
     0.001,

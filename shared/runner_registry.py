@@ -9,11 +9,16 @@ calls are swept (by the runners' sweeper) and, once empty, it is forgotten.
 ``request_drain`` (for ``switchboard runners drain ID`` and the admin API) sets the
 ``drain_requested`` field that the runner reads back with every beat; ``list_runners``
 is the registry as operators see it. Both are synchronous, for the command line.
+
+A runner id is 1 to 128 letters, digits or ``_.@+-`` (``valid_runner_id``): it is
+part of the runner's key names, so one with a ``:`` could name another runner's call
+set or command list, and braces would move a key's hash tag.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +31,15 @@ import redis.asyncio
 from shared import keys
 
 DRAIN_FIELD = "drain_requested"
+RUNNER_ID_PATTERN = r"^[A-Za-z0-9_.@+-]{1,128}$"
+"""What a runner id may be (also published in the admin API's OpenAPI document)."""
+RUNNER_ID_RULE = "runner ids are 1-128 letters, digits or _.@+-"
+_RUNNER_ID = re.compile(RUNNER_ID_PATTERN)
+
+
+def valid_runner_id(runner_id: object) -> bool:
+    """Whether ``runner_id`` can name a runner (see the module docstring)."""
+    return isinstance(runner_id, str) and _RUNNER_ID.fullmatch(runner_id) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,8 @@ class RunnerRegistry:
     """One runner's side of the registry (asyncio)."""
 
     def __init__(self, client: redis.asyncio.Redis, runner_id: str) -> None:
+        if not valid_runner_id(runner_id):
+            raise ValueError(f"invalid runner id {runner_id!r}: {RUNNER_ID_RULE}")
         self._redis = client
         self.runner_id = runner_id
         self.host = socket.gethostname()
@@ -131,7 +147,12 @@ class RunnerRegistry:
 
 
 def request_drain(client: redis.Redis, runner_id: str) -> bool:
-    """Ask a runner to hand its calls over and stop; false if no such runner is registered."""
+    """Ask a runner to hand its calls over and stop; false if no such runner is registered.
+
+    An id no runner can have (``valid_runner_id``) is never registered.
+    """
+    if not valid_runner_id(runner_id):
+        return False
     key = keys.runner(runner_id)
     if not client.exists(key):
         return False

@@ -6,7 +6,11 @@ Accounting (``shared.accounting``) keeps integer counters in hashes, one field e
   field names, e.g. ``input_audio_tokens``) used by one model;
 - ``responses|<model>``: responses counted for that model;
 - ``calls|<outcome>|<reason>``: call outcomes (``accepted``, ``rejected``, ``ended``
-  ...) by reason; only in the cluster and profile hashes.
+  ...) by reason; only in the cluster and profile hashes;
+- ``setup|<upper bound>``: accepted calls whose setup (webhook received -> call
+  accepted) took at most that many seconds and more than the bound below it
+  (``SETUP_BOUNDS_S``, then ``+Inf``): a histogram, one count per accepted call; only
+  in the cluster and profile hashes.
 
 Integers add exactly under ``HINCRBY``, and the cost is linear in them, so pricing the
 summed counts gives the sum of the per-response costs to the last digit. USD is never
@@ -17,6 +21,7 @@ Pure: builds field names and parses hashes, talks to nothing.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -29,6 +34,7 @@ SEP = "|"
 COMPONENTS = tuple(f.name for f in fields(TokenCounts))
 _LABEL = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,128}$")
 _REASON = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
+_BOUND = re.compile(r"[0-9]+(\.[0-9]+)?|\+Inf")
 
 
 def check_label(value: object, what: str) -> str:
@@ -47,6 +53,18 @@ def token_fields(model: str, tokens: TokenCounts) -> list[tuple[str, int]]:
     ]
     added.append((f"responses{SEP}{model}", 1))
     return added
+
+
+SETUP_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds of the call-setup latency buckets; the SLO bound (0.02) is one of them."""
+
+
+def setup_field(latency_s: float) -> str:
+    """The counter of the setup-latency bucket that ``latency_s`` falls in."""
+    for bound in SETUP_BOUNDS_S:
+        if latency_s <= bound:
+            return f"setup{SEP}{bound!r}"
+    return f"setup{SEP}+Inf"
 
 
 def outcome_field(outcome: str, reason: str | None) -> str:
@@ -75,6 +93,8 @@ class Totals:
     outcomes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(outcome, reason) -> count; reason ``""`` when none was given."""
     unpriced_models: tuple[str, ...] = ()
+    setup_buckets: Mapping[float, int] = field(default_factory=dict)
+    """Upper bound (``inf`` last) -> accepted calls whose setup fell in that bucket."""
 
     @property
     def tokens(self) -> TokenCounts:
@@ -97,6 +117,14 @@ class Totals:
         if reason is not None:
             return self.outcomes.get((outcome, reason), 0)
         return sum(n for (o, _), n in self.outcomes.items() if o == outcome)
+
+    def setup_histogram(self) -> list[tuple[float, int]]:
+        """Cumulative (upper bound, calls) pairs, as a Prometheus histogram reads."""
+        running, out = 0, []
+        for bound in sorted({*SETUP_BOUNDS_S, math.inf, *self.setup_buckets}):
+            running += self.setup_buckets.get(bound, 0)
+            out.append((bound, running))
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form: USD as exact decimal strings, tokens as integers."""
@@ -129,6 +157,7 @@ def totals_from_hash(raw: Mapping[Any, Any], table: PriceTable) -> Totals:
     components: dict[str, dict[str, int]] = {}
     responses: dict[str, int] = {}
     outcomes: dict[tuple[str, str], int] = {}
+    setup: dict[float, int] = {}
     for key, value in raw.items():
         name, count = _text(key), int(_text(value))
         kind, _, rest = name.partition(SEP)
@@ -141,6 +170,8 @@ def totals_from_hash(raw: Mapping[Any, Any], table: PriceTable) -> Totals:
         elif kind == "calls":
             outcome, _, reason = rest.partition(SEP)
             outcomes[(outcome, reason)] = count
+        elif kind == "setup" and _BOUND.fullmatch(rest):
+            setup[float(rest)] = count
     tokens = {model: TokenCounts(**counts) for model, counts in components.items()}
     costs: dict[str, Cost] = {}
     unpriced: list[str] = []
@@ -149,4 +180,4 @@ def totals_from_hash(raw: Mapping[Any, Any], table: PriceTable) -> Totals:
             costs[model] = cost_of_tokens(counts, model, table)
         except UnknownModelError:
             unpriced.append(model)
-    return Totals(tokens, responses, costs, outcomes, tuple(sorted(unpriced)))
+    return Totals(tokens, responses, costs, outcomes, tuple(sorted(unpriced)), setup)

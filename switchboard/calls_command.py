@@ -3,7 +3,8 @@
 ``list``, ``show`` and ``tail`` read the cluster's Redis; ``transfer``, ``hangup`` and
 ``say`` queue a command on the call's command stream (``shared.commands``, the same
 path as the admin API) for the runner that holds the call. ``--wait S`` waits up to S
-seconds for the runner's answer and fails (exit 1) if it refused or did not answer.
+seconds for the runner's answer; if the runner refused the command or did not answer in
+time, the reason goes to stderr (one line) and the exit code is 1.
 The ``--json`` documents are those of the admin API (``ingress.admin_documents``).
 Imports happen inside the verbs: every ``switchboard`` process loads this module.
 """
@@ -186,15 +187,18 @@ def _queue(call_id: str, kind: str, args: dict[str, Any], wait_s: float, json_ou
     if result is not None:
         document.update(status="done" if result.ok else "failed", detail=result.detail)
     if json_out:
+        # Scripts get the document whatever became of the command; failures also exit 1.
         print_json(document)
-    elif result is None:
-        typer.echo(f"{kind} queued for {call_id} ({command_id})")
-    else:
-        typer.echo(f"{kind} {document['status']} for {call_id}: {result.detail}")
     if wait_s > 0 and result is None:
         fail(f"no answer from the call's runner within {wait_s:g}s; {command_id} stays queued")
     if result is not None and not result.ok:
-        raise typer.Exit(1)
+        fail(f"{kind} refused by the call's runner: {result.detail}")
+    if json_out:
+        return
+    if result is None:
+        typer.echo(f"{kind} queued for {call_id} ({command_id})")
+    else:
+        typer.echo(f"{kind} done for {call_id}: {result.detail}")
 
 
 @calls_app.command("transfer")

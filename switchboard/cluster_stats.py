@@ -1,10 +1,15 @@
 """Cluster totals as ``switchboard stats`` and the live view of ``up --demo`` show them.
 
 One ``read_stats`` is a handful of Redis round trips: the live calls (``CallStore``),
-the cluster counters (``shared.accounting``: tokens, responses, call outcomes; USD is
-derived with the policy's price table), and the runner registry. Call-setup latency
-(webhook received -> call accepted) is taken from the records of the live calls,
-since records are where the cluster keeps it.
+the cluster counters (``shared.accounting``: tokens, responses, call outcomes, the
+call-setup histogram; USD is derived with the policy's price table), and the runner
+registry.
+
+Call-setup latency (webhook received -> call accepted) in ``stats_document`` is that of
+every call the cluster accepted: the control workers count each accepted call in a
+histogram in Redis, and p50/p99 are read from it as Prometheus's
+``histogram_quantile`` would (linear within a bucket). The live view also keeps the
+setup latencies of the live calls it sees (``setup_latencies_s``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from shared.pricing import PriceTable
 from shared.runner_registry import RunnerEntry, list_runners
 from shared.store import CallStore
 from shared.usage_totals import Totals
+from switchboard.cluster_window import histogram_quantile
 
 RUNNER_DEAD_AFTER_S = 5.0
 LIVE_CALLS_READ = 10_000
@@ -86,11 +92,13 @@ def outcomes_document(totals: Totals) -> dict[str, dict[str, int]]:
     return nested
 
 
-def latency_document(values: Sequence[float]) -> dict[str, Any]:
+def setup_document(totals: Totals) -> dict[str, Any]:
+    """p50, p99 and the number of calls of the cluster's setup-latency histogram."""
+    buckets = totals.setup_histogram()
     return {
-        "p50": percentile(values, 0.5),
-        "p99": percentile(values, 0.99),
-        "calls": len(values),
+        "p50": histogram_quantile(0.5, buckets),
+        "p99": histogram_quantile(0.99, buckets),
+        "calls": buckets[-1][1],
     }
 
 
@@ -103,7 +111,7 @@ def stats_document(stats: ClusterStats) -> dict[str, Any]:
         "active_calls": len(stats.live_calls),
         "calls_by_state": stats.calls_by_state,
         "outcomes": outcomes_document(totals),
-        "setup_latency_s": latency_document(list(stats.setup_latencies_s.values())),
+        "setup_latency_s": setup_document(totals),
         "cost_usd": float(totals.cost_usd),
         "cost_usd_exact": format(totals.cost_usd, "f"),
         "responses": totals.responses,

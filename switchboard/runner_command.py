@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -24,8 +25,12 @@ FULL_GC_EVERY_S = 60.0
 
 
 def new_runner_id() -> str:
-    """A runner id unique across restarts: host, pid and a random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    """A runner id unique across restarts: host, pid and a random suffix.
+
+    Characters a runner id may not hold (``shared.runner_registry``) become ``-``.
+    """
+    host = re.sub(r"[^A-Za-z0-9_.@+-]", "-", socket.gethostname())[:100] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def runner_command(
@@ -57,10 +62,13 @@ def runner_command(
 
     from shared.errors import ConfigError, PolicyError
     from shared.policy_file import PolicySource
+    from shared.runner_registry import RUNNER_ID_RULE, valid_runner_id
     from shared.settings import Settings
     from workers.sessions.runner import Runner, RunnerConfig
     from workers.sessions.services import open_services
 
+    if runner_id is not None and not valid_runner_id(runner_id):
+        raise typer.BadParameter(f"{runner_id!r}: {RUNNER_ID_RULE}", param_hint="--id")
     level = logging.getLevelName(loglevel.upper())
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {loglevel!r}", param_hint="--loglevel")

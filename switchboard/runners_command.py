@@ -59,10 +59,12 @@ def drain_command(
     json_out: JsonFlag = False,
 ) -> None:
     """Hand a runner's calls over to the others and stop it taking new ones."""
-    from shared.runner_registry import request_drain
+    from shared.runner_registry import RUNNER_ID_RULE, request_drain, valid_runner_id
     from switchboard.cluster import open_cluster
-    from switchboard.output import fail, print_json, refusals
+    from switchboard.output import fail, print_json, refusals, usage_error
 
+    if not valid_runner_id(runner_id):
+        usage_error(f"invalid runner id {runner_id!r}: {RUNNER_ID_RULE}")
     with refusals():
         found = request_drain(open_cluster(), runner_id)
     if not found:

@@ -2,7 +2,8 @@
 
 Costs are derived from the cluster's token counters with the price table of the
 policy in ``SWITCHBOARD_CONFIG`` (the built-in one by default), so they match the
-cluster's own accounting when both use the same policy.
+cluster's own accounting when both use the same policy. Setup latency (webhook
+received -> call accepted) covers every call the cluster accepted, ended or live.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def stats_command(
         ),
         "outcomes": "; ".join(outcomes) or "none yet",
         "setup latency": f"p50 {_ms(setup['p50'])}, p99 {_ms(setup['p99'])} "
-        f"over {setup['calls']} live calls",
+        f"over {setup['calls']} accepted calls",
         "cost": usd(document["cost_usd"]),
         "responses": document["responses"],
         "tokens": f"{tokens['input_tokens']} in ({tokens['cached_tokens']} cached), "

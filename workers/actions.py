@@ -183,17 +183,18 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
     greeting = (
         render_for_call(profile.greeting, facts, decision.profile) if profile.greeting else None
     )
+    accepted_at = ctl.clock()
     fields = {
         "profile": decision.profile,
         "route": decision.route,
-        "accepted_at": ctl.clock(),
+        "accepted_at": accepted_at,
         "greeting": greeting,
     }
     ctl.store.update_and_push(
         call_id, fields, only_in=[CallState.ACCEPTING], queue=keys.PENDING_CALLS
     )
     logger.info("route %s: accepted with profile %s", call_id, decision.profile)
-    _count(ctl, call_id, "accepted", decision.profile)
+    _count(ctl, call_id, "accepted", decision.profile, setup_s=accepted_at - record.created_at)
     return RouteResult(Outcome.ACCEPTED)
 
 
@@ -281,11 +282,18 @@ def _finish(
 
 
 def _count(
-    ctl: Control, call_id: str, outcome: str, profile: str | None, reason: str | None = None
+    ctl: Control,
+    call_id: str,
+    outcome: str,
+    profile: str | None,
+    reason: str | None = None,
+    *,
+    setup_s: float | None = None,
 ) -> None:
-    """Count a call outcome once; losing a count is better than failing the call."""
+    """Count a call outcome once (an accepted one with its setup latency); losing a count
+    is better than failing the call."""
     try:
-        ctl.books.count_outcome(outcome, profile, reason, call_id=call_id)
+        ctl.books.count_outcome(outcome, profile, reason, call_id=call_id, setup_s=setup_s)
     except (ValueError, redis.RedisError) as exc:
         logger.warning("call %s: outcome %s not counted: %s", call_id, outcome, exc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import AsyncIterator
@@ -228,6 +229,23 @@ def test_outcomes_are_counted_by_reason_and_once_per_call(books: Accounting) -> 
     assert support.outcome_count("rejected") == 0
     with pytest.raises(ValueError, match="outcome"):
         books.count_outcome("", "support")
+
+
+def test_setup_latency_is_a_cluster_histogram_counted_once_per_call(books: Accounting) -> None:
+    latencies = {"rtc_1": 0.004, "rtc_2": 0.004, "rtc_3": 0.015, "rtc_4": 0.3, "rtc_5": 42.0}
+    for call_id, latency_s in latencies.items():
+        assert books.count_outcome("accepted", "support", call_id=call_id, setup_s=latency_s)
+    # A retried count of the same call adds nothing, not even to the histogram.
+    assert not books.count_outcome("accepted", "support", call_id="rtc_1", setup_s=9.0)
+    books.count_outcome("accepted", "sales", call_id="rtc_6", setup_s=-1.0)  # clock skew: 0
+    books.count_outcome("ended", "support", "caller_hangup", call_id="rtc_1")
+
+    cumulative = dict(books.cluster_totals().setup_histogram())
+    assert (cumulative[0.001], cumulative[0.002], cumulative[0.005]) == (1, 1, 3)
+    assert (cumulative[0.02], cumulative[0.25], cumulative[0.5], cumulative[10.0]) == (4, 4, 5, 5)
+    assert cumulative[math.inf] == 6
+    support = dict(books.profile_totals("support").setup_histogram())
+    assert (support[0.001], support[math.inf]) == (0, 5)
 
 
 @pytest.fixture

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
 import redis.asyncio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ingress.app import create_app
 from shared import keys
@@ -81,6 +85,37 @@ def test_a_missing_or_wrong_token_is_refused(
     assert queued(redis_client, "rtc_auth") == []
 
 
+async def test_every_token_check_is_a_constant_time_comparison(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Timing differences of a few nanoseconds cannot be measured reliably from a test; what
+    # can be checked is that every given token reaches hmac.compare_digest, whole.
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(given: bytes, expected: bytes) -> bool:
+        compared.append((given, expected))
+        return real(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    settings = Settings(openai_webhook_secret=SECRET, redis_url=redis_url, admin_token=TOKEN)
+    transport = httpx.ASGITransport(app=create_app(settings, redis_client=client))
+    given = [TOKEN, TOKEN[:-1] + "x", "x" + TOKEN[1:], TOKEN[:3], ""]
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as http:
+            statuses = [
+                (
+                    await http.get("/v1/runners", headers={"Authorization": f"Bearer {t}"})
+                ).status_code
+                for t in given
+            ]
+    finally:
+        await client.aclose()
+    assert statuses == [200, 401, 401, 401, 401]
+    assert compared == [(t.encode(), TOKEN.encode()) for t in given]
+
+
 async def test_without_a_configured_token_every_admin_request_is_refused(
     redis_url: str,
 ) -> None:
@@ -124,6 +159,54 @@ async def test_an_unreachable_redis_is_a_503_not_a_crash() -> None:
         await client.aclose()
 
 
+# Router errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [TOKEN, None])
+def test_unknown_paths_and_wrong_methods_are_json_errors(ingress: str, token: str | None) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=ingress, headers=headers, timeout=5.0) as http:
+        for method, path in [
+            ("GET", "/v1/nothing"),
+            ("POST", "/v1/calls/rtc_1/frobnicate"),
+            ("GET", "/v1/runners/r1"),
+            ("GET", "/nothing"),
+        ]:
+            assert error_code(http.request(method, path), 404) == "not_found", path
+        for method, path, allowed in [
+            ("GET", "/v1/calls/x/transfer", "POST"),
+            ("DELETE", "/v1/calls/x", "GET"),
+            ("POST", "/v1/calls", "GET"),
+            ("GET", "/v1/runners/r1/drain", "POST"),
+            ("GET", "/webhooks/openai", "POST"),
+            ("POST", "/healthz", "GET"),
+            ("POST", "/metrics", "GET"),
+        ]:
+            response = http.request(method, path)
+            assert error_code(response, 405) == "method_not_allowed", path
+            assert allowed in response.headers["allow"].split(", ")
+        # The routes that are there still answer as before.
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+async def test_an_unexpected_exception_is_a_json_500(redis_url: str) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("unexpected secret-free failure")
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    settings = Settings(openai_webhook_secret=SECRET, redis_url=redis_url, admin_token=TOKEN)
+    app = create_app(settings, redis_client=client, extra_routes=[Route("/v1/broken", broken)])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as http:
+            response = await http.get("/v1/broken")
+        assert error_code(response, 500) == "internal_error"
+        assert "secret-free" not in response.text
+    finally:
+        await client.aclose()
+
+
 # Calls ---------------------------------------------------------------------------------
 
 
@@ -153,8 +236,29 @@ def test_calls_lists_live_calls_only_with_their_documents(
     assert api.get("/v1/calls", params={"limit": 1}).json()["calls"][0]["id"] in calls
 
 
-@pytest.mark.parametrize("params", [{"state": "bogus"}, {"limit": "0"}, {"limit": "x"}])
-def test_bad_list_parameters_are_422(api: httpx.Client, params: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"state": "bogus"},
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "x"},
+        {"limit": ""},
+        # Digits to str.isdigit() that int() refuses, or reads though they are no JSON integer.
+        {"limit": "\u00b2"},
+        {"limit": "\u0663"},
+        {"limit": "\uff15"},
+        {"limit": "+5"},
+        {"limit": " 5"},
+        {"limit": "1_0"},
+        {"limit": "9" * 5000},
+        [("limit", "1"), ("limit", "2")],
+        {"bogus": "1"},
+    ],
+)
+def test_bad_list_parameters_are_422(
+    api: httpx.Client, params: dict[str, str] | list[tuple[str, str]]
+) -> None:
     assert error_code(api.get("/v1/calls", params=params), 422) == "invalid_parameter"
 
 
@@ -283,6 +387,21 @@ def test_runners_with_load_heartbeat_and_drain(
     drained = {r["id"]: r for r in api.get("/v1/runners").json()["runners"]}
     assert drained["runner-a"]["draining"] is True
     assert error_code(api.post("/v1/runners/nobody/drain"), 404) == "runner_not_found"
+
+
+def test_a_runner_id_that_names_another_key_is_no_runner(
+    api: httpx.Client, redis_client: redis.Redis
+) -> None:
+    register_runner(redis_client, "runner-a")
+    redis_client.rpush(keys.runner_commands("runner-a"), "rtc_1")
+    redis_client.sadd(keys.runner_calls("runner-a"), "rtc_1")
+    redis_client.rpush(keys.runner_inbox("runner-a"), "rtc_2")
+    before = {key: redis_client.dump(key) for key in redis_client.keys("*")}
+    for bad in ("runner-a:commands", "runner-a:calls", "runner-a:inbox", "{runner-a}", "a%20b"):
+        response = api.post(f"/v1/runners/{bad}/drain")
+        assert error_code(response, 404) == "runner_not_found", bad
+        assert "runner ids are" in response.json()["error"]["message"]
+    assert {key: redis_client.dump(key) for key in redis_client.keys("*")} == before
 
 
 def test_the_openapi_document_lists_every_route(ingress: str) -> None:

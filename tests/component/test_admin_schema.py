@@ -4,6 +4,11 @@ Every operation gets schema-valid and schema-breaking requests (with the bearer 
 each answer must be no 5xx, a documented status, JSON of the documented schema. A live
 call and a runner exist, under the ids the document uses as examples, so that the
 success paths are exercised too, not only the 404s.
+
+Random text seldom looks like a number, so the fuzzer also gives integer query
+parameters number look-alikes: other scripts' digits, superscripts and the like, signs,
+a run of digits too long for ``int()``; what a lax parser takes for digits and then
+chokes on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pytest
 import redis
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -37,10 +43,37 @@ def admin_url(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
         yield url
 
 
+LOOKALIKES = ["\u00b2", "\u0663", "\uff15", "\u2460", "+1", " 1", "1_0", "1e3", "9" * 5000]
+"""Superscript two, Arabic-Indic three, fullwidth five, circled one, then ASCII tricks."""
+LOOKALIKE_TEXT = st.one_of(
+    st.text(st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=3),
+    st.sampled_from(LOOKALIKES),
+)
+
+
+def with_lookalikes(
+    context: schemathesis.HookContext, query: dict[str, Any] | None
+) -> st.SearchStrategy[dict[str, Any] | None]:
+    """The generated query as it is, or with an integer parameter set to a look-alike."""
+    operation = context.operation
+    names = [
+        parameter.name
+        for parameter in (operation.query if operation is not None else [])
+        if parameter.definition["schema"].get("type") == "integer"
+    ]
+    if not names:
+        return st.just(query)
+    swapped = st.tuples(st.sampled_from(names), LOOKALIKE_TEXT).map(
+        lambda swap: {**(query or {}), swap[0]: swap[1]}
+    )
+    return st.one_of(st.just(query), swapped)
+
+
 @pytest.fixture(scope="module")
 def admin_schema(admin_url: str) -> schemathesis.BaseSchema:
     schema = schemathesis.openapi.from_url(f"{admin_url}/openapi.json")
     schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+    schema.hook("flatmap_query")(with_lookalikes)
     return schema
 
 

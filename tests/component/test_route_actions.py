@@ -8,7 +8,9 @@ racing a reject, an answer lost on the way back).
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from shared.policy_file import PolicySource
 from shared.realtime_client import ClientConfig, RealtimeClient
 from shared.retry import Backoff
 from shared.store import CallStore
+from shared.usage_totals import SETUP_BOUNDS_S
 from tests.support.control import create_incoming, policy_text, write_policy
 from tests.support.emulator import EmulatorHandle, running_emulator
 from workers import actions
@@ -164,6 +167,25 @@ def test_another_task_for_the_same_call_does_nothing(ctl: Control, emu: Emulator
     assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
     assert actions.route_call(ctl, call_id, claim="task-2").outcome is Outcome.DUPLICATE
     assert ctl.redis.llen(keys.PENDING_CALLS) == 1
+
+
+def test_an_accepted_call_is_timed_in_the_cluster_setup_histogram(
+    ctl: Control, emu: EmulatorHandle
+) -> None:
+    call_id = incoming(ctl, emu)
+    # Received well before this run: its setup is at least that long.
+    ctl.store.update(call_id, {"created_at": time.time() - 0.4})
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert record.accepted_at is not None
+    setup_s = record.accepted_at - record.created_at
+    assert setup_s >= 0.4
+    # One call, in the bucket whose bounds hold its setup latency.
+    below = max(bound for bound in SETUP_BOUNDS_S if bound < setup_s)
+    above = min(bound for bound in (*SETUP_BOUNDS_S, math.inf) if bound >= setup_s)
+    cumulative = dict(ctl.books.cluster_totals().setup_histogram())
+    assert (cumulative[below], cumulative[above], cumulative[math.inf]) == (0, 1, 1)
 
 
 def test_the_same_task_run_again_resumes_without_a_second_accept(

@@ -13,16 +13,23 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+import yaml
 from typer.testing import CliRunner
 
+from shared.commands import CommandQueue
+from shared.models import CallState
+from shared.store import CallStore
 from switchboard.cli import app
+from tests.support.cluster_data import make_call
 from tests.support.ports import free_port
-from tests.support.procs import switchboard_argv, wait_until
+from tests.support.procs import REPO, switchboard_argv, wait_until
 from tests.support.up_stack import UpStack, clean_env, cli, cli_json, running_up
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
 
 HUMAN = "sip:agent@pbx.example.com"
+DEMO_POLICY = REPO / "shared" / "demo_policy.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +178,13 @@ def test_refusals_and_usage_errors_have_their_exit_codes(
     assert cli_json("calls", "show", call_id, cwd=up.cwd)["state"] == "active"
     assert (up.cwd / ".switchboard" / "up.json").exists()
 
+    # An id that would name one of a real runner's other keys is a usage error.
+    runner_id = sorted(up.runner_ids())[0]
+    for suffix in (":commands", ":calls"):
+        line = refused(cli("runners", "drain", runner_id + suffix, cwd=up.cwd), 2)
+        assert line.startswith(f"error: invalid runner id {runner_id + suffix!r}"), line
+    assert all(not r["draining"] for r in cli_json("runners", "list", cwd=up.cwd)["runners"])
+
     # Usage errors are the parser's: in process, against the same stack.
     monkeypatch.chdir(up.cwd)
     runner = CliRunner()
@@ -183,8 +197,93 @@ def test_refusals_and_usage_errors_have_their_exit_codes(
         ["stats", "--bogus"],
         ["calls", "say", call_id, "hi", "--wait", "-1"],
         ["up", "--runners", "-1"],
+        ["runner", "--id", "r1:calls"],
     ):
         assert runner.invoke(app, usage).exit_code == 2, usage
+
+
+def test_list_by_state_transfer_to_a_uri_and_tail_json(up: UpStack, tmp_path: Path) -> None:
+    call_id = live_call(up)
+    active = cli_json("calls", "list", "--state", "active", cwd=up.cwd)["calls"]
+    assert call_id in {c["id"] for c in active}
+    assert {c["state"] for c in active} == {"active"}
+    ringing = cli_json("calls", "list", "--state", "incoming", "--state", "accepting", cwd=up.cwd)
+    assert call_id not in {c["id"] for c in ringing["calls"]}
+    assert {c["state"] for c in ringing["calls"]} <= {"incoming", "accepting"}
+
+    # From any directory, with nothing but the Redis URL (no up.json there).
+    only_url = clean_env(SWITCHBOARD_REDIS_URL=str(up.info["redis_url"]))
+    shown = cli("calls", "show", call_id, "--json", cwd=tmp_path, env=only_url)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["state"] == "active"
+    assert not (tmp_path / ".switchboard").exists()
+
+    out = tmp_path / "tail.jsonl"
+    with out.open("w") as sink:
+        tail = subprocess.Popen(
+            switchboard_argv("calls", "tail", call_id, "--json"),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            cwd=up.cwd,
+        )
+    desk = "sip:desk@pbx.example.com"
+    try:
+        wait_until(lambda: '"transcript"' in out.read_text(), 15.0, "tail --json to follow")
+        moved = cli("calls", "transfer", call_id, desk, "--wait", "10", cwd=up.cwd)
+        assert moved.returncode == 0, moved.stderr
+        assert tail.wait(timeout=15) == 0
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+    assert up.emulator_call(call_id)["refer_target"] == desk
+    entries = [json.loads(line) for line in out.read_text().splitlines()]
+    assert entries[-1] == {"stream": "end", "state": "ended", "end_reason": "transferred"}
+    assert {e["stream"] for e in entries[:-1]} == {"transcript", "events"}
+    assert any(e["stream"] == "events" and e.get("type") == "attached" for e in entries)
+    assert all(isinstance(e["at"], float) for e in entries[:-1])
+
+    assert "is ended" in refused(cli("calls", "transfer", call_id, "human", cwd=up.cwd))
+
+
+def test_wait_reports_a_refusal_or_no_answer_on_stderr(up: UpStack, tmp_path: Path) -> None:
+    # This operator's policy names a target the cluster's policy does not know: the command
+    # line queues it, the runner refuses it.
+    policy = yaml.safe_load(DEMO_POLICY.read_text())
+    policy["transfer_targets"]["desk"] = "sip:desk@pbx.example.com"
+    policy["profiles"]["support"]["transfer_targets"].append("desk")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    call_id = live_call(up)
+    with_desk = clean_env(SWITCHBOARD_CONFIG=str(policy_file))
+    for extra in ([], ["--json"]):
+        args = ["calls", "transfer", call_id, "desk", "--wait", "10", *extra]
+        result = cli(*args, cwd=up.cwd, env=with_desk)
+        line = refused(result)
+        assert line.startswith("error: transfer refused by the call's runner:"), line
+        assert "unknown transfer target 'desk'" in line
+        if extra:
+            document = json.loads(result.stdout)
+            assert (document["status"], document["call_id"]) == ("failed", call_id)
+        else:
+            assert result.stdout == ""
+    assert up.emulator_call(call_id)["refer_target"] is None
+    assert cli_json("calls", "show", call_id, cwd=up.cwd)["state"] == "active"
+    assert cli("calls", "hangup", call_id, cwd=up.cwd).returncode == 0
+
+    # A live call no runner holds: the command waits in its stream, unanswered.
+    client = redis.Redis.from_url(str(up.info["redis_url"]), decode_responses=True)
+    try:
+        make_call(client, "rtc_unheld")
+        unanswered = cli("calls", "say", "rtc_unheld", "hello?", "--wait", "1", cwd=up.cwd)
+        line = refused(unanswered)
+        assert "no answer from the call's runner within 1s" in line
+        assert unanswered.stdout == ""
+        assert len(CommandQueue(client).read_commands("rtc_unheld")) == 1
+    finally:
+        CallStore(client).transition("rtc_unheld", CallState.ACTIVE, CallState.ENDED, {})
+        client.close()
 
 
 def test_runners_list_and_drain_hands_the_calls_to_the_other_runner(up: UpStack) -> None:

@@ -7,7 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from switchboard.cluster_stats import percentile
+from shared.pricing import default_price_table
+from shared.usage_totals import totals_from_hash
+from switchboard.cluster_stats import percentile, setup_document
 from switchboard.cluster_window import ClusterWindow, Reading, histogram_quantile
 
 
@@ -81,3 +83,25 @@ def test_histogram_quantile_edges() -> None:
     assert histogram_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
     # Everything beyond the last finite bound: that bound is the best answer.
     assert histogram_quantile(0.99, [(0.1, 1.0), (math.inf, 100.0)]) == pytest.approx(0.1)
+
+
+def test_stats_read_setup_latency_from_the_cluster_histogram() -> None:
+    raw = {"setup|0.005": "3", "setup|0.01": "1", "setup|+Inf": "0", "setup|x": "9", "calls|": "2"}
+    totals = totals_from_hash(raw, default_price_table())
+    assert totals.setup_histogram()[:5] == [
+        (0.001, 0),
+        (0.002, 0),
+        (0.005, 3),
+        (0.01, 4),
+        (0.02, 4),
+    ]
+    setup = setup_document(totals)
+    assert setup["calls"] == 4
+    # Two of four calls: two thirds into the (0.002, 0.005] bucket that holds three.
+    assert setup["p50"] == pytest.approx(0.004)
+    assert setup["p99"] == pytest.approx(0.0098)
+    assert setup_document(totals_from_hash({}, default_price_table())) == {
+        "p50": None,
+        "p99": None,
+        "calls": 0,
+    }

@@ -12,8 +12,10 @@ import pytest
 
 from ingress.admin_documents import call_document
 from shared.models import CallRecord
+from shared.runner_registry import valid_runner_id
 from switchboard.call_tail import entry_json, entry_line
 from switchboard.cluster import ClusterAddress, ClusterUnavailable, locate, write_up_file
+from switchboard.runner_command import new_runner_id
 from switchboard.up import Stack, StackAddresses, UpOptions
 from switchboard.up_command import banner
 
@@ -135,3 +137,31 @@ def test_the_call_document_has_the_documented_fields() -> None:
     assert {"id", "state", "profile", "from", "to", "accepted_at", "ended_at"} <= set(document)
     assert {"end_reason", "cost_usd", "usage"} <= set(document)
     json.dumps(document)  # plain JSON all the way down
+
+
+@pytest.mark.parametrize(
+    ("runner_id", "valid"),
+    [
+        ("host-a-4242-1f2e3d", True),
+        ("runner_1.eu@rack+2", True),
+        ("r" * 128, True),
+        ("", False),
+        ("r" * 129, False),
+        ("r1:commands", False),
+        ("r1:calls", False),
+        ("{r1}", False),
+        ("r 1", False),
+        ("r1\n", False),
+        ("r\u00e9", False),
+        (7, False),
+    ],
+)
+def test_runner_ids_cannot_name_other_keys(runner_id: object, valid: bool) -> None:
+    assert valid_runner_id(runner_id) is valid
+
+
+def test_the_default_runner_id_is_a_valid_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "odd host:name{1}")
+    made = new_runner_id()
+    assert valid_runner_id(made)
+    assert made.startswith("odd-host-name-1--")
