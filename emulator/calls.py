@@ -2,10 +2,10 @@
 
 Each handler checks the call exists and is still reachable (404 otherwise: unknown, the
 caller gave up ringing, or it already ended), validates the body (400 naming the
-field), refuses a conflicting action on a call that was already answered or declined
-(409), and only then changes ground truth. So a bad or conflicting request changes
-nothing. Successful control requests answer 200 with an empty body, as the real API
-does.
+field), refuses to decide a call that was already answered or declined (404, as the
+real API answers a redelivered webhook's accept), and only then changes ground truth.
+So a bad or repeated request changes nothing. Successful control requests answer 200
+with an empty body, as the real API does.
 """
 
 from __future__ import annotations
@@ -75,16 +75,11 @@ def _reachable_call(request: Request) -> EmulatedCall:
 
 
 def _refuse_if_decided(call: EmulatedCall, action: str) -> None:
-    if call.state == "active":
-        raise conflict(
-            f"Cannot {action} call '{call.call_id}': it was already accepted.",
-            code="call_already_accepted",
-        )
-    if call.state == "rejected":
-        raise conflict(
-            f"Cannot {action} call '{call.call_id}': it was already rejected.",
-            code="call_already_rejected",
-        )
+    # The real API answers a repeated accept (a redelivered webhook) with 404: once a
+    # call is answered or declined it is no longer a pending SIP call to decide.
+    if call.state in ("active", "rejected"):
+        call.repeat_decisions.append(action)
+        raise not_found(f"Pending call '{call.call_id}'", code="call_not_found")
 
 
 async def accept_call(request: Request) -> Response:

@@ -94,6 +94,8 @@ class EmulatedCall:
     events_sent: list[dict[str, Any]] = field(default_factory=list)
     events_received: list[dict[str, Any]] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    repeat_decisions: list[str] = field(default_factory=list)
+    """Accepts and rejects refused because the call was already decided (404 each)."""
     malformed_sent: int = 0
     """Broken or unknown frames the ``malformed_event_rate`` fault added on its sockets."""
     webhook_deliveries: list[dict[str, Any]] = field(default_factory=list)
@@ -167,6 +169,7 @@ class EmulatedCall:
             "overlapping_attachments": self.overlapping_attachments(),
             "tool_outputs": list(self.tool_outputs),
             "defects": list(self.defects),
+            "repeat_decisions": list(self.repeat_decisions),
             "malformed_sent": self.malformed_sent,
             "webhook_deliveries": list(self.webhook_deliveries),
         }

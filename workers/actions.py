@@ -22,10 +22,11 @@ Admission slots are released once the call's record is over (terminal), never by
 task whose state change did not happen while the call is live.
 
 Lost answers: a REST attempt whose answer was lost may have been carried out; the real
-API answers the repeat with 404 (``CallGone.after_lost_answer``). An accept that ends
-so counts as accepted: the call is handed to the runners, and if the caller was in
-fact gone the runner's attach is refused with 404 and the runner records it. A reject
-that ends so counts as rejected.
+API answers the repeat with 404 (``CallGone.after_lost_answer``). So may the attempt of
+an earlier run of the same task (a resumed claim: the worker died before recording).
+A 404 after either is ambiguous: an accept that ends so counts as accepted (the call is
+handed to the runners, and if the caller was in fact gone the runner's attach is refused
+with 404 and the runner records it); a reject that ends so counts as rejected.
 
 Hand-over to runners: the record gets ``profile``, ``route``, ``accepted_at`` and the
 rendered ``greeting`` (if the profile has one), then the call id is LPUSHed onto
@@ -57,7 +58,6 @@ from shared.errors import (
     ConfigError,
     FatalError,
     InvalidRequest,
-    RealtimeRejected,
 )
 from shared.models import TERMINAL_STATES, CallRecord, CallState, EndReason
 from shared.policy_file import PolicySource
@@ -146,8 +146,10 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
         ctl.redis.lpush(keys.PENDING_CALLS, call_id)
         return RouteResult(Outcome.ACCEPTED)
     requested = requested_reject(record)
+    # A resumed claim's earlier run may have sent its accept or reject already.
+    resumed = claimed.outcome is ClaimOutcome.RESUMED
     if requested is not None:  # the claim is a reject command's, resumed by recovery
-        return RouteResult(_reject(ctl, call_id, requested))
+        return RouteResult(_reject(ctl, call_id, requested, resumed=resumed))
     facts = CallFacts.from_record(record)
     policy = ctl.policies.current()
     now = dt.datetime.fromtimestamp(ctl.clock(), dt.UTC)
@@ -172,12 +174,12 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
             logger.info("route %s: no free slot, waiting", call_id)
         return RouteResult(Outcome.WAITING, decision.retry_in_s)
     if isinstance(decision, Reject):
-        return RouteResult(_reject(ctl, call_id, decision))
+        return RouteResult(_reject(ctl, call_id, decision, resumed=resumed))
     profile = policy.profiles[decision.profile]
     body = session_body(decision.profile, profile, policy, facts)
     if ctl.metrics is not None:
         ctl.metrics.call_setup_s.observe(max(0.0, ctl.clock() - record.created_at))
-    outcome = _accept(ctl, call_id, body)
+    outcome = _accept(ctl, call_id, body, resumed=resumed)
     if outcome is not Outcome.ACCEPTED:
         return RouteResult(outcome)
     greeting = (
@@ -198,20 +200,14 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
     return RouteResult(Outcome.ACCEPTED)
 
 
-def _accept(ctl: Control, call_id: str, body: dict[str, object]) -> Outcome:
+def _accept(ctl: Control, call_id: str, body: dict[str, object], *, resumed: bool) -> Outcome:
     try:
         ctl.realtime.accept(call_id, body)
     except CallGone as err:
-        if not err.after_lost_answer:
+        if not (err.after_lost_answer or resumed):
             return _give_up(ctl, call_id, err)
-        # Our lost attempt may have answered the call; the runner's attach finds out.
+        # An attempt of ours may have answered the call; the runner's attach finds out.
         logger.warning("route %s: %s; taken as accepted", call_id, err)
-    except RealtimeRejected as err:
-        # Only the claim holder accepts; "already accepted" means an attempt of ours whose
-        # answer was lost (a timeout) went through after all.
-        if err.status_code == 409 and err.api_code == "call_already_accepted":
-            return Outcome.ACCEPTED
-        return _give_up(ctl, call_id, err)
     except FatalError as err:
         return _give_up(ctl, call_id, err)
     except BaseException:
@@ -220,7 +216,7 @@ def _accept(ctl: Control, call_id: str, body: dict[str, object]) -> Outcome:
     return Outcome.ACCEPTED
 
 
-def _reject(ctl: Control, call_id: str, decision: Reject) -> Outcome:
+def _reject(ctl: Control, call_id: str, decision: Reject, *, resumed: bool) -> Outcome:
     """Refuse a call whose claim this run holds, then record it and free any slot.
 
     A retried run may hold a slot from before a policy reload; it is freed with the
@@ -229,13 +225,9 @@ def _reject(ctl: Control, call_id: str, decision: Reject) -> Outcome:
     try:
         ctl.realtime.reject(call_id, decision.code)
     except CallGone as err:
-        if not err.after_lost_answer:
+        if not (err.after_lost_answer or resumed):
             return _give_up(ctl, call_id, err)
         logger.warning("route %s: %s; taken as rejected", call_id, err)
-    except RealtimeRejected as err:
-        # As for accepts: a resumed run finds the reject of a run cut off after it.
-        if not (err.status_code == 409 and err.api_code == "call_already_rejected"):
-            return _give_up(ctl, call_id, err)
     except FatalError as err:
         return _give_up(ctl, call_id, err)
     fields = {
@@ -377,7 +369,8 @@ def reject_call(
     if claimed.record is None:
         logger.info("reject %s: not taken (%s)", call_id, claimed.outcome.value)
         return False
-    return _reject(ctl, call_id, Reject(status_code, reason)) is Outcome.REJECTED
+    resumed = claimed.outcome is ClaimOutcome.RESUMED
+    return _reject(ctl, call_id, Reject(status_code, reason), resumed=resumed) is Outcome.REJECTED
 
 
 def transfer_uri(ctl: Control, target: str) -> str:

@@ -79,12 +79,9 @@ class LosesFirstAnswers(httpx.BaseTransport):
     """Real HTTP to the emulator, but the first answer to each of ``endpoints`` is lost.
 
     The request is carried out and its answer dropped (a read timeout), as when a
-    connection dies on the way back. A repeat that the emulator answers 409 "already
-    accepted/rejected" is answered 404 instead, as the real API answers a repeated
-    accept (docs: realtime-api.md, section 2.2).
+    connection dies on the way back; the emulator answers the repeat 404, as the real
+    API does (docs: realtime-api.md, section 2.2).
     """
-
-    REPEATS = frozenset({"call_already_accepted", "call_already_rejected"})
 
     def __init__(self, *endpoints: str) -> None:
         self._inner = httpx.HTTPTransport()
@@ -99,10 +96,6 @@ class LosesFirstAnswers(httpx.BaseTransport):
         if endpoint in self._losing:
             self._losing.discard(endpoint)
             raise httpx.ReadTimeout("answer lost", request=request)
-        code = (response.json().get("error") or {}).get("code") if response.content else None
-        if response.status_code == 409 and code in self.REPEATS:
-            not_found = {"message": "Call not found.", "type": "invalid_request_error"}
-            return httpx.Response(404, json={"error": {**not_found, "code": "call_not_found"}})
         return response
 
     def close(self) -> None:
@@ -203,7 +196,9 @@ def test_an_accept_that_went_through_before_a_lost_answer_counts(
     ctl: Control, emu: EmulatorHandle
 ) -> None:
     call_id = incoming(ctl, emu)
-    # Our first attempt reached the API but its answer was lost; the retry hears 409.
+    # An earlier run of this task claimed the call and accepted it, then died before
+    # recording it; the resumed run hears 404 from the API, as for any repeated accept.
+    ctl.store.claim(call_id, "route_claim", "task-1", {})
     answer = httpx.post(
         f"{emu.api_url}/realtime/calls/{call_id}/accept",
         json={"type": "realtime"},
@@ -218,6 +213,7 @@ def test_a_reject_that_went_through_before_the_task_was_cut_off_counts(
     ctl: Control, emu: EmulatorHandle
 ) -> None:
     call_id = incoming(ctl, emu, from_="+15550006660")
+    ctl.store.claim(call_id, "route_claim", "task-1", {})
     ctl.realtime.reject(call_id, 603)  # the run that did this died before recording it
     assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.REJECTED
     record = ctl.store.get(call_id)

@@ -102,27 +102,29 @@ def test_refer_of_a_ringing_call_is_a_conflict(emulator: EmulatorHandle, sdk: Sd
     assert emulator.call(call_id)["state"] == "ringing"
 
 
-def test_second_accept_and_crossed_reject_are_conflicts(
-    emulator: EmulatorHandle, sdk: SdkFactory
-) -> None:
+def test_a_decided_call_cannot_be_decided_again(emulator: EmulatorHandle, sdk: SdkFactory) -> None:
+    """As the real API answers a redelivered webhook's accept: 404, nothing changes."""
     client = sdk(emulator)
     accepted, rejected = emulator.place_call(), emulator.place_call()
     client.realtime.calls.accept(accepted, type="realtime", instructions="first")
     client.realtime.calls.reject(rejected)
 
-    with pytest.raises(openai.ConflictError) as again:
+    with pytest.raises(openai.NotFoundError) as again:
         client.realtime.calls.accept(accepted, type="realtime", instructions="second")
-    assert again.value.code == "call_already_accepted"
-    with pytest.raises(openai.ConflictError):
+    assert again.value.code == "call_not_found"
+    with pytest.raises(openai.NotFoundError):
         client.realtime.calls.reject(accepted)
-    with pytest.raises(openai.ConflictError) as crossed:
+    with pytest.raises(openai.NotFoundError) as crossed:
         client.realtime.calls.accept(rejected, type="realtime")
-    assert crossed.value.code == "call_already_rejected"
-    with pytest.raises(openai.ConflictError):
+    assert crossed.value.code == "call_not_found"
+    with pytest.raises(openai.NotFoundError):
         client.realtime.calls.reject(rejected, status_code=486)
 
-    assert emulator.call(accepted)["accept"]["instructions"] == "first"
-    assert emulator.call(rejected)["reject_status"] == 603
+    first, second = emulator.call(accepted), emulator.call(rejected)
+    assert (first["state"], first["accept"]["instructions"]) == ("active", "first")
+    assert first["repeat_decisions"] == ["accept", "reject"]
+    assert (second["state"], second["reject_status"]) == ("rejected", 603)
+    assert second["repeat_decisions"] == ["accept", "reject"]
 
 
 def test_unknown_call_is_404(emulator: EmulatorHandle, sdk: SdkFactory) -> None:

@@ -10,7 +10,8 @@ After a run (with or without faults), ``reconcile`` checks every placed call:
 - accepted cleanly: the emulator found no defect in an accepted call (an accept or
   ``session.update`` that overrides the SIP audio format, see ``emulator.calls``);
 - decided once: at most one successful accept and one successful reject per call
-  (the REST answers are counted by ``RestRecorder``; 409 answers are counted too);
+  (the REST answers are counted by ``RestRecorder``; repeats the API refused with 404
+  because the call was decided already are counted too, as ``repeat_decisions``);
 - tools once: at most one tool output per tool-call id; and given the ids the tools
   ran for (``tool_runs``, from ``tests.support.chaos_tools``' log), every tool call of
   a logging tool ran at most once, and every one answered with a tool's result (not an
@@ -82,6 +83,8 @@ class Reconciliation:
     record_states: Counter[str] = field(default_factory=Counter)
     emulator_states: Counter[str] = field(default_factory=Counter)
     accept_statuses: Counter[int] = field(default_factory=Counter)
+    repeat_decisions: int = 0
+    """Accepts and rejects of an already decided call (each refused, changing nothing)."""
     tool_calls: int = 0
     tool_outputs: int = 0
     tool_runs: int | None = None
@@ -110,7 +113,7 @@ class Reconciliation:
             "record_states": dict(self.record_states),
             "emulator_states": dict(self.emulator_states),
             "accept_statuses": {str(k): v for k, v in sorted(self.accept_statuses.items())},
-            "accept_409s": self.accept_statuses.get(409, 0),
+            "repeat_decisions": self.repeat_decisions,
             "tool_calls": self.tool_calls,
             "tool_outputs": self.tool_outputs,
             "tool_runs": self.tool_runs,
@@ -253,6 +256,7 @@ def _check_call(
     issued = _issued_tool_calls(truth)
     record = _record(rdb, call_id)
     result.emulator_states[truth["state"]] += 1
+    result.repeat_decisions += len(truth["repeat_decisions"])
     if truth["state"] not in EMULATOR_OVER:
         result.problem(f"{call_id}: still {truth['state']} at the emulator")
     if record is None:
