@@ -26,18 +26,18 @@ its first turn, so what either loads on first use is not charged to the calls.
 
 At each step: CPU share, RSS, events received per second (in total and per call) and
 the event loop's lag, sampled every ``LAG_SAMPLE_S`` (``--lag-sample``), with the number
-of samples. A step counts towards the target only if every call is still held, the lag
-p99 is <= 10 ms, and the calls still get ``RATE_KEPT`` of the event rate they got at the
-first step (if the emulator or the runner falls behind, the rate per call drops and the
-load is no longer the realistic one); the emulator's own CPU share is reported beside,
-to tell which one fell behind.
+of samples. A step counts towards the target only if it and every step below it held
+every call with a lag p99 <= 10 ms and the calls still got ``RATE_KEPT`` of the event
+rate the baseline received on them (if the emulator or the runner falls behind, the
+rate per call drops and the load is no longer the realistic one); the emulator's own
+CPU share is reported beside, to tell which one fell behind. The calls of each step
+start spread over one turn (``SPREAD_S``), so that their turns do not fall together.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -67,6 +67,9 @@ IDLE_CALLS = 500
 SCENARIO = "bench-busy"
 IDLE_SCENARIO = "bench-idle"
 SETTLE_S = 5.0
+SPREAD_S = 5.0
+"""One turn of busy-call: the calls of a step start spread over it at least, so that
+their turns do not fall together (placements are paced, the baseline's attaches too)."""
 EMPTY_WINDOW_S = 5.0
 """The empty runner's CPU is read over this long (at most the window)."""
 LAG_SAMPLE_S = 0.01
@@ -131,6 +134,15 @@ def _window(
     for name, sampler in samplers.items():
         window[f"{name}_cpu_share"] = sampler.between(started, ended) / elapsed
     return first, last, window
+
+
+def _place(bench: SessionBench, count: int) -> list[str]:
+    """``count`` busy calls, placed evenly over ``SPREAD_S`` at least."""
+    started, calls = time.monotonic(), []
+    for i in range(count):
+        time.sleep(max(0.0, started + i * SPREAD_S / count - time.monotonic()))  # pacing
+        calls.append(bench.place_call(SCENARIO))
+    return calls
 
 
 def _per_call(window: Window, calls: int, rss_empty: int) -> Window:
@@ -211,7 +223,7 @@ def _sdk_phase(
         _say(f"baseline: empty SDK process {rss_empty / 2**20:.1f} MB; placing {count} calls")
         calls = [bench.place_call(SCENARIO) for _ in range(count)]
         hold_back(bench, calls)
-        sdk.go(calls)
+        sdk.go(calls, SPREAD_S)
         bench.wait_attached(calls, timeout_s=120.0)
         sdk.wait_open(count)
         time.sleep(SETTLE_S)
@@ -251,22 +263,29 @@ def _runner_phase(
         rss_empty = rss_bytes(runner.pid)
         _, _, empty = _window({"runner": runner.pid}, min(window_s, EMPTY_WINDOW_S), lambda: None)
     finally:
+        released_at = time.monotonic()
         sdk.stop()
     queue(bench, sdk_calls)  # the very calls the baseline held, now the runner's
     calls = list(sdk_calls)
     measured: list[Window] = []
     previous: Window | None = None
     for target in steps:
-        calls += [bench.place_call(SCENARIO) for _ in range(target - len(calls))]
+        calls += _place(bench, target - len(calls))
         try:
             bench.wait_attached(calls, timeout_s=120.0)
             runner.wait_held(target, "calls held")
         except TimeoutError as exc:
             measured.append({"calls": target, "error": str(exc).splitlines()[0]})
             break
+        attached_s = time.monotonic() - released_at
+        if previous is None:
+            reattached = sum(len(bench.truth(c)["attachments"]) >= 2 for c in sdk_calls)
         time.sleep(SETTLE_S)
         step = _runner_window(runner, emu_pid, target, rss_empty, window_s)
         step["empty_cpu_share"] = empty["runner_cpu_share"]
+        if previous is None:  # the baseline's calls, now attached a second time
+            step["baseline_calls_reattached"] = reattached
+            step["reattached_within_s"] = attached_s
         if previous is not None:
             grown = step["rss_bytes"] - previous["rss_bytes"]
             step["rss_per_added_call_kb"] = grown / (target - previous["calls"]) / 1024
@@ -298,7 +317,7 @@ def run(window_s: float, steps: tuple[int, ...] = STEPS, idle_calls: int = IDLE_
         sdk, sdk_process, sdk_calls = _sdk_phase(bench, steps[0], window_s, emu_pid)
         measured, rss_empty = _runner_phase(bench, steps, window_s, emu_pid, sdk_process, sdk_calls)
     first = density_figures.baseline_step(measured, sdk)
-    reference_rate = first["events_per_s_per_call"] if first else math.nan
+    reference_rate = sdk["events_per_s_per_call"]
     density_figures.judge(measured, reference_rate)
     density_figures.add_figures(report, measured, sdk, idle, reference_rate, SCENARIO)
     report.details = {
@@ -328,7 +347,8 @@ def run(window_s: float, steps: tuple[int, ...] = STEPS, idle_calls: int = IDLE_
         "(<= 1 MB): a mean above 1 MB fails it for sure, one below does not prove it.",
         "A step counts only if every call is still held, the runner's CPU is below "
         f"{SATURATED:.0%} and the calls get >= {density_figures.RATE_KEPT:.0%} of the "
-        "first step's event rate; the emulator's CPU share of each step is in the details.",
+        "event rate the baseline received on them; the emulator's CPU share of each step "
+        "is in the details.",
     ]
     density_figures.plot(report, measured, sdk, idle)
     return report

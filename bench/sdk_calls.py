@@ -17,7 +17,8 @@ stdout for each, so that it can read the process at known moments:
   until its first ``response.done`` (whatever the SDK loads on first use is then
   loaded), it prints ``ready`` and waits: its resident memory then is the empty
   process's;
-- ``go``: attach to every call id listed in FILE (read now); prints ``going``;
+- ``go [SPREAD_S]``: attach to every call id listed in FILE (read now), the attaches
+  spread evenly over ``SPREAD_S`` seconds (default 0: all at once); prints ``going``;
 - ``count``: prints a JSON object: ``events`` received so far, sockets ``open`` now,
   ``closed`` (ended by the server) and ``failed`` (with the ``last_error``), ``at``
   (``time.time()``) and ``lag``, the lag histogram in Prometheus text format;
@@ -62,8 +63,16 @@ class Tally:
     last_error: str = ""
 
 
-async def hold(client: AsyncOpenAI, call_id: str, tally: Tally, until: str | None = None) -> None:
-    """Attach to ``call_id`` and handle its events until it ends (or ``until`` arrives)."""
+async def hold(
+    client: AsyncOpenAI,
+    call_id: str,
+    tally: Tally,
+    until: str | None = None,
+    after_s: float = 0.0,
+) -> None:
+    """After ``after_s``, attach to ``call_id`` and handle its events until it ends (or
+    ``until`` arrives)."""
+    await asyncio.sleep(after_s)
     try:
         async with client.realtime.connect(call_id=call_id) as conn:
             tally.open += 1
@@ -118,9 +127,20 @@ async def main(
     tasks: list[asyncio.Task[None]] = []
     _say("ready")
     while line := (await commands.readline()).decode().strip():
-        if line == "go" and not tasks:
+        command, _, argument = line.partition(" ")
+        if command == "go" and not tasks:
+            try:
+                spread_s = float(argument or 0)
+            except ValueError:
+                _say(f"error: not a number of seconds: {argument!r}")
+                continue
             call_ids = (await asyncio.to_thread(calls.read_text)).split()
-            tasks = [asyncio.create_task(hold(client, call_id, tally)) for call_id in call_ids]
+            tasks = [
+                asyncio.create_task(
+                    hold(client, call_id, tally, after_s=i * spread_s / len(call_ids))
+                )
+                for i, call_id in enumerate(call_ids)
+            ]
             _say("going")
         elif line == "count":
             lag_text = generate_latest(registry).decode()
@@ -196,10 +216,10 @@ class SdkCalls:
         stdin.write(command.encode() + b"\n")
         stdin.flush()
 
-    def go(self, call_ids: list[str]) -> None:
-        """Attach to ``call_ids`` (written to the calls file first)."""
+    def go(self, call_ids: list[str], spread_s: float = 0.0) -> None:
+        """Attach to ``call_ids`` (written to the calls file first) over ``spread_s``."""
         self.calls.write_text("\n".join(call_ids))
-        self._send("go")
+        self._send(f"go {spread_s:g}")
         self._expect("going", 30.0)
 
     def count(self) -> dict[str, Any]:
