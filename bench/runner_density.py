@@ -22,7 +22,9 @@ window once every call is attached and a settling time has passed:
 
 Before its empty RSS is read, each process is ready (the runner registered and answers
 ``/metrics``; the SDK process said so on stdout) and warm: it has held one call through
-its first turn, so what either loads on first use is not charged to the calls.
+its first turn, so what either loads on first use is not charged to the calls. Each
+one's CPU share with no call is read too (``empty_cpu_share``). Both sample their event
+loop's lag the same way, every ``LAG_SAMPLE_S``, and so pay the same for it.
 
 At each step: CPU share, RSS, events received per second (in total and per call) and
 the event loop's lag, sampled every ``LAG_SAMPLE_S`` (``--lag-sample``), with the number
@@ -52,7 +54,7 @@ import yaml
 from bench import density_figures
 from bench.density_figures import SATURATED, TARGET_LAG_S, Window
 from bench.lag_window import lag_window
-from bench.procstat import CpuSampler, children, rss_bytes
+from bench.procstat import CpuSampler, children, machine_cpu_s, rss_bytes
 from bench.report import DEFAULT_WINDOW_S, Report
 from bench.runner_under_test import RunnerUnderTest, events, hang_up, hold_back, queue
 from bench.sdk_calls import SdkCalls
@@ -125,12 +127,17 @@ def _window(
         for sampler in samplers.values():
             stack.enter_context(sampler)
         first = read()
-        started = time.time()
+        started, (busy0, all0) = time.time(), machine_cpu_s()
         time.sleep(window_s)  # the measurement itself: the bench stays idle meanwhile
-        ended = time.time()
+        ended, (busy1, all1) = time.time(), machine_cpu_s()
         last = read()
     elapsed = ended - started
-    window: Window = {"window_s": elapsed, "loadavg_1m": os.getloadavg()[0]}
+    window: Window = {
+        "window_s": elapsed,
+        "loadavg_1m": os.getloadavg()[0],
+        "machine_cpu_busy_cores": (busy1 - busy0) / elapsed,
+        "machine_cpu_busy_share": (busy1 - busy0) / (all1 - all0) if all1 > all0 else None,
+    }
     for name, sampler in samplers.items():
         window[f"{name}_cpu_share"] = sampler.between(started, ended) / elapsed
     return first, last, window
@@ -294,7 +301,9 @@ def _runner_phase(
         _say(
             f"runner, {target} calls: CPU {step['cpu_share']:.0%}, "
             f"lag p99 <= {step['loop_lag']['p99_bound_ms']:g} ms, "
-            f"{step['events_per_s_per_call']:.1f} events/s per call"
+            f"{step['events_per_s_per_call']:.1f} events/s per call; "
+            f"emulator CPU {step.get('emulator_cpu_share', float('nan')):.0%}, "
+            f"machine {step['machine_cpu_busy_cores']:.2f} cores busy"
         )
         if step["cpu_share"] > SATURATED:
             break
@@ -347,8 +356,9 @@ def run(window_s: float, steps: tuple[int, ...] = STEPS, idle_calls: int = IDLE_
         "(<= 1 MB): a mean above 1 MB fails it for sure, one below does not prove it.",
         "A step counts only if every call is still held, the runner's CPU is below "
         f"{SATURATED:.0%} and the calls get >= {density_figures.RATE_KEPT:.0%} of the "
-        "event rate the baseline received on them; the emulator's CPU share of each step "
-        "is in the details.",
+        "event rate the baseline received on them; each window's details give the "
+        "emulator's CPU share and the whole machine's (machine_cpu_busy_share: other "
+        "work on a shared machine shows there).",
     ]
     density_figures.plot(report, measured, sdk, idle)
     return report

@@ -118,8 +118,9 @@ async def main(
         warm = Tally()
         async with asyncio.timeout(READY_TIMEOUT_S - 10):
             await hold(client, warm_up, warm, until="response.done")
-        if warm.failed:
-            raise RuntimeError(f"warm-up call {warm_up} failed: {warm.last_error}")
+        if warm.failed or warm.closed:
+            problem = warm.last_error or "it ended first"
+            raise RuntimeError(f"warm-up call {warm_up} never had a turn: {problem}")
     loop = asyncio.get_running_loop()
     commands = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
@@ -185,7 +186,12 @@ class SdkCalls:
                 start_new_session=True,
             )
         self._log = log
-        self._expect("ready", READY_TIMEOUT_S)
+        try:
+            self._expect("ready", READY_TIMEOUT_S)
+        except BaseException:
+            self.proc.kill()
+            self.stop()
+            raise
 
     @property
     def pid(self) -> int:
