@@ -17,6 +17,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds of the whole machine so far, summed over cores: (busy, all)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS_PER_S, sum(fields[:8]) / _TICKS_PER_S
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size in bytes."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_BYTES

@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bench.stack import API_KEY, WEBHOOK_SECRET, BenchStack
@@ -117,12 +117,16 @@ class SessionBench:
 
 @contextlib.contextmanager
 def session_bench(
-    name: str, time_scale: float = 1.0, spawned: bool = False
+    name: str,
+    time_scale: float = 1.0,
+    spawned: bool = False,
+    extra_scenarios: Mapping[str, str] | None = None,
 ) -> Iterator[SessionBench]:
     """The stack with Redis and an emulator playing the bench scenarios.
 
     ``spawned``: the emulator runs as its own process (``switchboard emulator``) instead
-    of a thread here, for loads where it needs a core of its own.
+    of a thread here, for loads where it needs a core of its own. ``extra_scenarios``:
+    more scenario files for the emulator, YAML text by scenario name.
     """
     with BenchStack(name) as stack:
         stack.start_redis()
@@ -134,6 +138,8 @@ def session_bench(
             ("bench-tool-celery", "lookup_order_blocking"),
         ):
             text = TOOL_CALL.replace("NAME", scenario).replace("TOOL", tool)
+            (scenarios / f"{scenario}.yaml").write_text(text)
+        for scenario, text in (extra_scenarios or {}).items():
             (scenarios / f"{scenario}.yaml").write_text(text)
         if spawned:
             emulator: contextlib.AbstractContextManager[EmulatorHandle] = contextlib.nullcontext(

@@ -3,7 +3,8 @@
 SIGTERM (or Ctrl-C) drains the runner: it stops taking calls and hands the ones it
 holds to other runners, or keeps them until they end (up to ``--drain-grace``); a
 second signal stops it at once, leaving its calls to be taken over when their leases
-expire. ``--metrics-port`` serves the runner's Prometheus metrics.
+expire. ``--metrics-port`` serves the runner's Prometheus metrics; ``--lag-sample``
+sets how often the event loop's lag is sampled into them (benchmarks sample often).
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def runner_command(
             help="Seconds a draining runner keeps calls nobody can take.",
         ),
     ] = 300.0,
+    lag_sample: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            max=60.0,
+            envvar="SWITCHBOARD_RUNNER_LAG_SAMPLE_S",
+            help="Seconds between two samples of the event loop's lag (its metrics histogram).",
+        ),
+    ] = 0.25,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "info",
 ) -> None:
     """Run a session runner: hosts the live calls' sideband sessions."""
@@ -80,7 +90,10 @@ def runner_command(
         typer.echo(f"error: invalid policy:\n{err}", err=True)
         raise typer.Exit(1) from None
     config = RunnerConfig(
-        capacity=capacity, drain_grace_s=drain_grace, full_gc_every_s=FULL_GC_EVERY_S
+        capacity=capacity,
+        drain_grace_s=drain_grace,
+        full_gc_every_s=FULL_GC_EVERY_S,
+        loop_lag_every_s=lag_sample,
     )
     registry = CollectorRegistry()
     if metrics_port:

@@ -388,6 +388,7 @@ def test_compose_commands_parse_as_switchboard_commands(service: str) -> None:
     [
         ["runner", "--metrics-port", "ninety"],
         ["runner", "--metrics-port", "70000"],
+        ["runner", "--lag-sample", "0"],
         ["worker", "--metrics-prot", "9100"],
         ["ingres", "--port", "8000"],
         ["runners", "drain"],

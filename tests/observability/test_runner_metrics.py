@@ -41,6 +41,7 @@ def test_observations_land_in_their_metrics() -> None:
     runner.call_cost_usd.observe(0.031)
     runner.drain_started()
     runner.observe_rest("refer", "503", 0.01)
+    runner.loop_lag_s.observe(0.012)
     samples = scrape(registry)
     assert value(samples, "switchboard_turn_latency_seconds_sum") == 0.4
     assert value(samples, "switchboard_turn_latency_seconds_bucket", le="0.5") == 1
@@ -55,6 +56,10 @@ def test_observations_land_in_their_metrics() -> None:
     assert value(samples, "switchboard_runner_draining", runner="r1") == 1
     rest = "switchboard_rest_request_duration_seconds_count"
     assert value(samples, rest, endpoint="refer", status="503") == 1
+    # The lag buckets tell a 12 ms stall from the 10 ms target and from 25 ms.
+    lag = "switchboard_runner_event_loop_lag_seconds_bucket"
+    assert value(samples, lag, le="0.01") == 0
+    assert value(samples, lag, le="0.015") == 1
 
 
 def test_event_types_are_a_bounded_label_set() -> None:

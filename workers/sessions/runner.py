@@ -19,7 +19,9 @@ Loops of one runner, each a task:
 - commands: block on this runner's command list, read the streams of the calls named
   there (``workers.sessions.command_reader``);
 - collect: with ``full_gc_every_s``, full garbage collections on that schedule
-  (``workers.sessions.collector``).
+  (``workers.sessions.collector``);
+- lag: every ``loop_lag_every_s``, how late the event loop ran a timer
+  (``workers.sessions.loop_lag``), into the runner's loop-lag histogram.
 
 Drain (``drain()``: SIGTERM, or ``switchboard runners drain ID``): stop pulling; hand
 calls over to other live runners as far as their spare capacity goes (each worker
@@ -45,6 +47,7 @@ from shared.store import AsyncCallStore
 from workers.sessions import collector
 from workers.sessions.adoption import adopt
 from workers.sessions.command_reader import CommandReader
+from workers.sessions.loop_lag import sample_lag
 from workers.sessions.services import RunnerConfig, SessionServices
 from workers.sessions.session_worker import Outcome, SessionWorker
 from workers.sessions.sweeper import Sweeper
@@ -99,7 +102,7 @@ class Runner:
             self._every(self.config.sweep_every_s, self._sweep),
             self._pull(),
             self._commands.run(),
-            self._loop_lag(),
+            sample_lag(self.config.loop_lag_every_s, self.services.metrics.loop_lag_s.observe),
         ]
         if self.config.full_gc_every_s is not None:
             collector.take_over()
@@ -262,13 +265,6 @@ class Runner:
 
     async def _sweep(self) -> None:
         await self.sweeper.sweep(set(self.workers) | self._taking)
-
-    async def _loop_lag(self) -> None:
-        loop, period_s = asyncio.get_running_loop(), 0.25
-        while True:
-            started = loop.time()
-            await asyncio.sleep(period_s)
-            self.services.metrics.loop_lag_s.observe(max(0.0, loop.time() - started - period_s))
 
     # Drain ----------------------------------------------------------------------------
 

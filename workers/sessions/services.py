@@ -80,6 +80,8 @@ class RunnerConfig:
     (``workers.sessions.collector``); ``None`` leaves the collector alone."""
     drain_grace_s: float = 300.0
     drain_poll_s: float = 0.5
+    loop_lag_every_s: float = 0.25
+    """How often the event loop's lag is sampled (``workers.sessions.loop_lag``)."""
 
     @property
     def self_fence_after_s(self) -> float:
@@ -90,6 +92,8 @@ class RunnerConfig:
             raise ValueError("capacity must be at least 1")
         if self.self_fence_after_s <= 0:
             raise ValueError("leases must live longer than 1.5 renewal intervals")
+        if self.loop_lag_every_s <= 0:
+            raise ValueError("the loop-lag sampling period must be positive")
 
 
 @dataclass
