@@ -38,14 +38,17 @@ class Attachment:
         self._fresh = fresh
         self._activate = activate
         self._attached_before = False
+        self.reading = False
+        """True from an attach until its socket's events end."""
 
     async def run(self) -> None:
-        """Return when the call is over for this worker (its end fed to the core)."""
+        """Return when the call is over for this worker (its end fed to the core), or the
+        worker lets go of it (``SessionWorker._let_go``)."""
         w = self._w
         services, core = w.services, w.core
         url = sideband_url(services.sideband_base_url, w.call_id)
         failures, failing_since = 0, 0.0
-        while not core.state.ended and not w.lost:
+        while not core.state.ended and not w.lost and not w.letting_go:
             try:
                 socket = await Sideband.open(url, services.api_key, services.sideband)
             except AttachFailed as exc:
@@ -64,15 +67,19 @@ class Attachment:
                 return
             failures, failing_since = 0, 0.0
             w.socket = socket
-            if not await self._attached():
-                return
-            async for event in socket.events():
-                services.metrics.event(event.get("type"))
-                w.feed(core.on_event(event, time.time()))
-                if len(w.outbox) > HIGH_WATER:
-                    await w.outbox.idle.wait()
+            self.reading = True
+            try:
+                if not await self._attached():
+                    return
+                async for event in socket.events():
+                    services.metrics.event(event.get("type"))
+                    w.feed(core.on_event(event, time.time()))
+                    if len(w.outbox) > HIGH_WATER:
+                        await w.wait_for_room()
+            finally:
+                self.reading = False
             w.socket = None
-            if w.lost:  # closed by ``SessionWorker._last_words``: nothing more to do
+            if w.lost or w.letting_go:  # closed by ``SessionWorker._let_go``: not an end
                 return
             closed = reattach.on_close(socket.close_code)
             w.feed(core.on_closed(time.time(), closed))

@@ -61,6 +61,15 @@ def function_call_output(call_id: str, output: str) -> dict[str, Any]:
     }
 
 
+def tool_output_id(event: Mapping[str, Any]) -> str | None:
+    """The ``call_id`` a ``function_call_output`` event answers; ``None`` for any other."""
+    item = event.get("item") if event.get("type") == "conversation.item.create" else None
+    if isinstance(item, Mapping) and item.get("type") == "function_call_output":
+        call_id = item.get("call_id")
+        return call_id if isinstance(call_id, str) else None
+    return None
+
+
 def error_output(message: str) -> str:
     """A tool output that tells the model the call failed, instead of leaving it silent."""
     return json.dumps({"error": message})

@@ -13,6 +13,7 @@ HTTP status of a refused attach (``AttachFailed.status``) and the close code.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from urllib.parse import quote
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 
 _AUDIO_DELTA = b'"response.output_audio.delta"'
 _SKIP_PROBE_BYTES = 80
@@ -99,12 +101,19 @@ class Sideband:
         except ConnectionClosed:
             return
 
+    @property
+    def is_open(self) -> bool:
+        """True until the socket starts closing (from either side)."""
+        return self._socket.state is State.OPEN
+
     async def send(self, event: dict[str, Any]) -> bool:
-        """Send one client event; false if the socket is already closed."""
-        try:
-            await self._socket.send(orjson.dumps(event).decode())
-        except ConnectionClosed:
+        """Send one client event; false if it certainly did not go out (the socket was
+        already closing). A socket lost while the frame was being written counts as
+        sent: the frame may have reached the server."""
+        if not self.is_open:
             return False
+        with contextlib.suppress(ConnectionClosed):
+            await self._socket.send(orjson.dumps(event).decode())
         return True
 
     @property
