@@ -94,6 +94,13 @@ async def test_the_first_attach_activates_the_call_once_and_the_end_is_fenced(
     assert (again.applied, again.state) == (False, CallState.ACTIVE)
     assert redis_client.hget(keys.call_record("rtc_d"), "owner") == "r1"
 
+    # Every transcript line counts its turn in the record, in the same script.
+    for role in ("caller", "agent", "caller"):
+        await store.write(lease, store.transcript_op("rtc_d", role, "hi", 10.5))
+    turns = redis_client.hmget(keys.call_record("rtc_d"), ["caller_turns", "agent_turns"])
+    assert turns == ["2", "1"]
+    assert redis_client.xlen(keys.call_transcript("rtc_d")) == 3
+
     assert await leases.release(lease)
     with pytest.raises(Stale):
         await store.finish(lease, EndReason.CALLER_HANGUP, {"ended_at": 12.0}, 12.0)
@@ -159,6 +166,17 @@ async def test_a_tool_output_is_marked_answered_once_and_never_overwritten(
     refused = await store.answer_tool(lease, "call_2", "weather", False, "{}")
     assert await store.unanswer_tool(lease, "call_2", refused)
     assert await store.tool_entry("rtc_i", "call_2") is None
+
+    # Sent again after a takeover (never echoed), until the API's echo is noted.
+    again = await store.answer_tool(lease, "call_1", "lookup", True, "shipped", again=True)
+    assert again.sent
+    delivered = store.tool_delivered_op("rtc_i", "call_1", "lookup", True, "shipped")
+    await store.write(lease, delivered)
+    assert not (await store.answer_tool(lease, "call_1", "lookup", True, "x", again=True)).sent
+    assert not await store.unanswer_tool(lease, "call_1", again)  # not what it was
+    assert (await store.tool_entry("rtc_i", "call_1")) == LedgerEntry(
+        "delivered", "lookup", True, "shipped"
+    )
 
     stale = Lease("rtc_i", "r1", lease.token - 1)
     with pytest.raises(Stale):

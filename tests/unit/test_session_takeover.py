@@ -21,7 +21,16 @@ from tests.support.session_driver import (
     without_persist,
 )
 from workers.sessions.client_events import function_call_output
-from workers.sessions.effects import ClaimCommand, CommandDone, Effect, EndCall, Refer, Send
+from workers.sessions.effects import (
+    ClaimCommand,
+    CommandDone,
+    Effect,
+    EndCall,
+    OutputDelivered,
+    Refer,
+    RunTool,
+    Send,
+)
 from workers.sessions.protocol import INTERRUPTED, SessionProtocol
 from workers.sessions.tools import UNKNOWN_OUTCOME, LedgerEntry
 
@@ -116,29 +125,71 @@ def test_a_finale_whose_command_has_an_outcome_already_ended_the_call() -> None:
 def test_every_tool_call_left_open_is_answered_once() -> None:
     before = Driver()
     before.attach()
-    before.function_call("call_in_snapshot", "lookup")  # pending in the snapshot
     before.function_call("call_settled", "weather")  # refused and answered before it
+    before.function_call("call_running", "lookup")
     ledger = {
         "call_done": LedgerEntry("done", "lookup", True, '{"status": "shipped"}'),
         "call_running": LedgerEntry("running", "lookup"),
         "call_failed": LedgerEntry("done", "lookup", False, "backend down"),
-        "call_answered": LedgerEntry("answered", "lookup", True, '{"x": 1}'),
-        "call_settled": LedgerEntry("answered", "weather", False, "{}"),
+        "call_delivered": LedgerEntry("delivered", "lookup", True, '{"x": 1}'),
+        "call_settled": LedgerEntry("delivered", "weather", False, "{}"),
     }
     after, effects = _taken_over(before, ledger=ledger)
     assert sends(effects) == []  # not attached yet: held for the attach
+    assert of_type(effects, RunTool) == []
     resent = after.attach(fresh=False)
     outputs = dict(_outputs(resent))
-    assert sorted(outputs) == ["call_done", "call_failed", "call_in_snapshot", "call_running"]
+    assert sorted(outputs) == ["call_done", "call_failed", "call_running"]
     assert outputs["call_done"] == '{"status": "shipped"}'
     assert json.loads(outputs["call_failed"]) == {"error": "backend down"}
     assert json.loads(outputs["call_running"]) == {"error": UNKNOWN_OUTCOME}
-    assert json.loads(outputs["call_in_snapshot"]) == {"error": UNKNOWN_OUTCOME}
     assert len(creates(resent)) == 1  # one follow-up for them all
     # Nothing is answered twice, nor timed out later.
     assert after.tool_result("call_running", "late") == []
     assert after.core.next_deadline() is None
     assert _outputs(after.at(60.0).tick()) == []
+
+
+def test_an_output_sent_but_never_echoed_is_sent_again_with_the_same_item() -> None:
+    """Its runner may have been killed with the frame still in its socket; the API keeps
+    one item per id, so sending it again cannot double it."""
+    before = Driver()
+    before.attach()
+    before.function_call("call_1", "lookup")
+    before.done("resp_tool")
+    [first] = _outputs(before.tool_result("call_1", "shipped"))
+    after, _ = _taken_over(
+        before, ledger={"call_1": LedgerEntry("answered", "lookup", True, "shipped")}
+    )
+    resent = after.attach(fresh=False)
+    assert _outputs(resent) == [first]
+    assert sends(resent)[0] == function_call_output("call_1", "shipped")
+    assert len(creates(resent)) == 1
+
+
+def test_the_api_echoing_an_output_marks_it_delivered() -> None:
+    d = Driver()
+    d.attach()
+    d.function_call("call_1", "lookup")
+    [output] = [e for e in sends(d.tool_result("call_1", "shipped")) if "item" in e]
+    echoed = d.event("conversation.item.added", item={**output["item"], "status": "completed"})
+    assert of_type(echoed, OutputDelivered) == [OutputDelivered("call_1")]
+    other = {"id": "item_x", "type": "function_call_output", "call_id": "call_other"}
+    assert of_type(d.event("conversation.item.added", item=other), OutputDelivered) == []
+    message = {"id": "item_y", "type": "message", "role": "user", "content": []}
+    assert d.event("conversation.item.added", item=message) == []
+
+
+def test_a_tool_the_ledger_never_saw_claimed_is_run_by_the_next_worker() -> None:
+    """The snapshot was saved between the tool call and its claim: it never ran."""
+    before = Driver()
+    before.attach()
+    [run] = of_type(before.function_call("call_1", "lookup", '{"order": "A12"}'), RunTool)
+    after, effects = _taken_over(before)
+    assert of_type(effects, RunTool) == [run]
+    assert after.core.next_deadline() == after.now + run.timeout_s
+    after.attach(fresh=False)
+    assert _outputs(after.tool_result("call_1", "shipped")) == [("call_1", "shipped")]
 
 
 def test_a_tool_output_that_could_not_be_sent_goes_out_on_the_next_attach() -> None:

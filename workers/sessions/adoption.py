@@ -55,6 +55,9 @@ async def adopt(services: SessionServices, record: CallRecord, lease: Lease) -> 
         cursor=cursor,
         activate=record.state is CallState.ACCEPTING,
     )
+    worker.effects.resend = {
+        tool_call_id for tool_call_id, entry in stored.tools.items() if entry.state == "answered"
+    }
     ended = core.state.end_reason
     if ended is not None:
         # The snapshot says the call ended, the record does not: the end was decided but

@@ -7,11 +7,13 @@ the end of the batch. What each effect becomes:
 
 - ``Send``: one frame on the sideband (lost if the socket just closed: the core holds
   events only while it knows it is detached). A ``function_call_output`` is first
-  marked ``answered`` in the tool ledger (fenced), and not sent if it already was, so
-  no tool-call id is ever answered twice, across failovers too; one that certainly did
-  not go out (the socket had closed) is unmarked and handed back to the core, which
-  sends it on the next attach;
-- ``AppendTranscript``: ``XADD`` to the capped transcript stream;
+  marked ``answered`` in the tool ledger (fenced), and not sent if it already was (a
+  resend after a takeover only if it was never ``delivered``), so no tool-call id is
+  answered twice; one that certainly did not go out (the socket had closed) is
+  unmarked and handed back to the core, which sends it on the next attach;
+- ``OutputDelivered``: the ledger notes the API has the output (no one sends it again);
+- ``AppendTranscript``: ``XADD`` to the capped transcript stream, and the record's turn
+  count of the role in the same script;
 - ``AccrueUsage``: ``shared.accounting`` (once per response id; it also keeps the call
   record's ``cost_usd`` and ``usage``). It needs no lease: usage reported on a socket
   this worker held is counted whatever became of its lease, and an accrual once
@@ -51,6 +53,7 @@ from workers.sessions.effects import (
     EndCall,
     Hangup,
     Observe,
+    OutputDelivered,
     Persist,
     Refer,
     RunTool,
@@ -87,6 +90,9 @@ class CallEffects:
         self._w = worker
         self._tools: set[asyncio.Task[None]] = set()
         self._bills: dict[str, asyncio.Task[None]] = {}
+        self.resend: set[str] = set()
+        """Tool-call ids whose output a previous worker sent and the API never echoed:
+        their output may go out again (``SessionStore.answer_tool(again=True)``)."""
         self._closing: asyncio.TimerHandle | None = None
         self._accounting = AsyncAccounting(worker.services.redis, worker.plan.price_table)
 
@@ -127,6 +133,12 @@ class CallEffects:
                     effect.ok,
                     effect.detail,
                 )
+            elif isinstance(effect, OutputDelivered):
+                call = w.core.state.tools.get(effect.tool_call_id)
+                if call is not None:
+                    ops += store.tool_delivered_op(
+                        w.call_id, effect.tool_call_id, call.name, call.ok, call.output
+                    )
             elif isinstance(effect, RunTool):
                 task = asyncio.create_task(self._run_tool(effect))
                 self._tools.add(task)
@@ -180,8 +192,12 @@ class CallEffects:
         call = w.core.state.tools.get(tool_call_id)
         name, ok = (call.name, call.ok) if call is not None else ("", None)
         output = str(event["item"].get("output", ""))
+        again = tool_call_id in self.resend
+        self.resend.discard(tool_call_id)
         return await self._write_patiently(
-            lambda: w.services.store.answer_tool(w.lease, tool_call_id, name, ok, output)
+            lambda: w.services.store.answer_tool(
+                w.lease, tool_call_id, name, ok, output, again=again
+            )
         )
 
     async def _write_patiently(self, op: Callable[[], Awaitable[T]]) -> T:
@@ -246,13 +262,8 @@ class CallEffects:
         services, state, now_s = w.services, w.core.state, time.time()
         started_at = state.started_at or w.plan.started_at or now_s
         duration_s = round(max(0.0, now_s - started_at), 3)
-        fields = {
-            "ended_at": now_s,
-            "duration_s": duration_s,
-            "caller_turns": state.caller_turns,
-            "agent_turns": state.agent_turns,
-            "end_detail": effect.detail,
-        }
+        # The turn counts are the record's own: each transcript line counts its turn.
+        fields = {"ended_at": now_s, "duration_s": duration_s, "end_detail": effect.detail}
         change = await self._patiently(services.store.finish, w.lease, effect.reason, fields, now_s)
         await self._patiently(services.admission.release, w.call_id)
         if change.applied:

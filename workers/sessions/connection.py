@@ -13,6 +13,7 @@ HTTP status of a refused attach (``AttachFailed.status``) and the close code.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ class Sideband:
         """The close code (1006: closed without a close frame; ``None``: still open)."""
         return self._socket.close_code
 
-    async def close(self) -> None:
-        """Detach (close code 1000) and wait for the socket to be closed."""
-        await self._socket.close()
+    async def close(self, within_s: float) -> None:
+        """Detach (close code 1000) and wait for the socket to be closed; a close that
+        takes longer than ``within_s`` (a peer that reads nothing) aborts the connection."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._socket.close()
+        except TimeoutError:
+            self._socket.transport.abort()

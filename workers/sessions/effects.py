@@ -72,6 +72,14 @@ class RunTool:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputDelivered:
+    """The API has the output for this tool-call id (it echoed the item): note it in the
+    ledger, so that no runner ever sends it again."""
+
+    tool_call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refer:
     """``POST /realtime/calls/{id}/refer`` with this ``target_uri`` (a blind transfer)."""
 
@@ -126,6 +134,7 @@ Effect = (
     | AppendTranscript
     | AccrueUsage
     | RunTool
+    | OutputDelivered
     | Refer
     | Hangup
     | EndCall

@@ -25,8 +25,9 @@ Decisions worth knowing:
   is a tool output the adapter could not send (``on_unsent``).
 - A call taken over from another worker learns from Redis what its snapshot may not
   know yet (``on_taken_over``): commands with a recorded outcome or a claim are never
-  applied again, and every tool-call id the ledger or the snapshot left open is
-  answered once (the recorded output, or an error when the outcome is unknown).
+  applied again; every tool-call id the ledger or the snapshot left open is answered
+  (the recorded output, or an error when the outcome is unknown), a tool never claimed
+  is run, and an output sent but never echoed by the API is sent again (same item id).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from shared.models import EndReason
 from workers.sessions.client_events import error_output
 from workers.sessions.commands import Command
 from workers.sessions.control import CallControl
-from workers.sessions.effects import CommandDone, Effect
+from workers.sessions.effects import CommandDone, Effect, RunTool
 from workers.sessions.events import ServerEvents
 from workers.sessions.plan import SessionPlan
 from workers.sessions.state import SessionState
@@ -201,18 +202,36 @@ class SessionProtocol:
         for call_id in sorted(set(ledger) | set(desk.pending_ids())):
             entry = ledger.get(call_id)
             known = desk.get(call_id)
-            if known is not None and known.ok is not None:
-                continue  # settled before the snapshot
-            call = desk.adopt(call_id, entry.name if entry is not None else "", now_s)
-            if entry is not None and entry.state == "answered":
-                ok = entry.ok if entry.ok is not None else True
-                desk.finish(call_id, ok, entry.output or "")
+            if entry is not None and entry.state in ("answered", "delivered"):
+                call = desk.adopt(call_id, entry.name, now_s)
+                if call.ok is None:
+                    ok = entry.ok if entry.ok is not None else True
+                    desk.finish(call_id, ok, entry.output or "")
+                if entry.state == "answered":
+                    # Sent, never echoed: a runner killed at once may have lost it with
+                    # its socket. The same item id again: the API keeps one of the two.
+                    self._c.answer_tool(call_id, entry.output or "")
                 self._c.dirty = True
+            elif known is not None and known.ok is not None:
+                continue  # settled before the snapshot (an output not yet sent is held)
+            elif entry is None and known is not None and self._run_again(call_id, known, now_s):
                 continue
-            outcome = entry.outcome if entry is not None else None
-            ok, output = outcome if outcome is not None else (False, UNKNOWN_OUTCOME)
-            desk.finish(call_id, ok, output)
-            self._answer(call_id, call, ok, output)
+            else:
+                call = desk.adopt(call_id, entry.name if entry is not None else "", now_s)
+                outcome = entry.outcome if entry is not None else None
+                ok, output = outcome if outcome is not None else (False, UNKNOWN_OUTCOME)
+                desk.finish(call_id, ok, output)
+                self._answer(call_id, call, ok, output)
+
+    def _run_again(self, call_id: str, call: ToolCall, now_s: float) -> bool:
+        """A pending tool the ledger never saw claimed never started: run it now."""
+        spec = self._plan.tool(call.name)
+        if spec is None or call.arguments is None:
+            return False
+        self._s.tools.start(call_id, spec.name, now_s, spec.timeout_s, call.arguments)
+        self._c.emit(RunTool(call_id, spec.name, dict(call.arguments), spec.timeout_s))
+        self._c.dirty = True
+        return True
 
     def on_closed(self, now_s: float, reason: ClosedReason) -> list[Effect]:
         s = self._s

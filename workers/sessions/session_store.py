@@ -18,10 +18,14 @@ The tool ledger (``keys.call_tools``) maps a tool-call id to JSON with its ``sta
 - ``{"state": "done", "name", "ok", "output"}``: the tool's outcome, not yet known to
   have reached the model;
 - ``{"state": "answered", "name", "ok", "output"}``: the ``function_call_output`` for
-  the id is being sent (written just before the send), so it is never sent twice; only
-  a send that certainly did not happen takes it back (``unanswer_tool``).
+  the id is being sent (written just before the send), so this worker never sends it
+  twice; a send that certainly did not happen takes it back (``unanswer_tool``);
+- ``{"state": "delivered", ...}``: the API echoed the output item; nobody sends it again.
 
-Nothing overwrites ``answered``. The command claims (``keys.call_command_claims``) note
+A runner killed just after a send may lose the frame with its socket, so an output
+``answered`` but never ``delivered`` is sent again by the runner taking the call over
+(``answer_tool(again=True)``), with the same item id, which the API accepts once. Only
+``delivered`` follows ``answered``. The command claims (``keys.call_command_claims``) note
 each command a worker starts applying, before its effects (``command_claim_op``).
 
 ``load`` reads what a runner taking a call on needs, in one round trip: the snapshot,
@@ -49,9 +53,9 @@ SNAPSHOT_VERSION = 1
 LIVE_STATES = (CallState.ACCEPTING, CallState.ACTIVE, CallState.TRANSFERRING)
 
 # KEYS: lease, ledger. ARGV: lease value, tool-call id, ttl, new entry ('' deletes it),
-# expected entry. Without an expected entry the new one is written unless the id is
-# answered; with one, only if the entry is exactly that. Reply: {0} stale, or
-# {1, written, the entry before ('' if none)}.
+# expected entry, states that keep the entry (comma separated). Without an expected
+# entry the new one is written unless the entry's state is one of those; with one, only
+# if the entry is exactly that. Reply: {0} stale, or {1, written, the entry before}.
 _LEDGER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 local old = redis.call('HGET', KEYS[2], ARGV[2])
@@ -59,8 +63,10 @@ if ARGV[5] ~= '' then
   if old ~= ARGV[5] then return {1, 0, old or ''} end
 elseif old then
   local ok, entry = pcall(cjson.decode, old)
-  if ok and type(entry) == 'table' and entry['state'] == 'answered' then
-    return {1, 0, old}
+  if ok and type(entry) == 'table' and type(entry['state']) == 'string' then
+    if string.find(',' .. ARGV[6] .. ',', ',' .. entry['state'] .. ',', 1, true) then
+      return {1, 0, old}
+    end
   end
 end
 if ARGV[4] == '' then
@@ -71,6 +77,8 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, 1, old or ''}
 """
+_SENT = "answered,delivered"
+"""Ledger states of an id whose output went out: nothing but ``delivered`` follows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +154,14 @@ class SessionStore:
 
     @staticmethod
     def transcript_op(call_id: str, role: str, text: str, at: float) -> list[Op]:
+        """One transcript line, and the record's count of the role's turns with it (so
+        the two always agree, whatever happens to the snapshot)."""
         key = keys.call_transcript(call_id)
         maxlen = keys.TRANSCRIPT_MAXLEN
         return [
             ("XADD", key, "MAXLEN", "~", maxlen, "*", "role", role, "text", text, "at", at),
             ("EXPIRE", key, keys.CALL_TTL_S),
+            ("HINCRBY", keys.call_record(call_id), f"{role}_turns", 1),
         ]
 
     @staticmethod
@@ -225,34 +236,56 @@ class SessionStore:
     ) -> bool:
         """Record a tool's outcome (``done``); false if its output was already answered."""
         entry = _entry_json("done", name, ok, output)
-        written, _ = await self._ledger_write(lease, tool_call_id, entry, "")
+        written, _ = await self._ledger_write(lease, tool_call_id, entry, "", _SENT)
         return written
 
     async def answer_tool(
-        self, lease: Lease, tool_call_id: str, name: str, ok: bool | None, output: str
+        self,
+        lease: Lease,
+        tool_call_id: str,
+        name: str,
+        ok: bool | None,
+        output: str,
+        *,
+        again: bool = False,
     ) -> Answer:
-        """Mark the id ``answered`` just before its output is sent (see ``Answer``)."""
+        """Mark the id ``answered`` just before its output is sent (see ``Answer``);
+        ``again``: a resend after a takeover, refused only once ``delivered``."""
         entry = _entry_json("answered", name, ok, output)
-        written, before = await self._ledger_write(lease, tool_call_id, entry, "")
+        keep = "delivered" if again else _SENT
+        written, before = await self._ledger_write(lease, tool_call_id, entry, "", keep)
         return Answer(written, entry, before)
 
     async def unanswer_tool(self, lease: Lease, tool_call_id: str, answer: Answer) -> bool:
         """Take an ``answer_tool`` mark back: its send certainly did not happen."""
-        written, _ = await self._ledger_write(lease, tool_call_id, answer.before, answer.entry)
+        written, _ = await self._ledger_write(lease, tool_call_id, answer.before, answer.entry, "")
         return written
 
+    @staticmethod
+    def tool_delivered_op(
+        call_id: str, tool_call_id: str, name: str, ok: bool | None, output: str | None
+    ) -> list[Op]:
+        entry = _entry_json("delivered", name, ok, output)
+        return [("HSET", keys.call_tools(call_id), tool_call_id, entry)]
+
     async def _ledger_write(
-        self, lease: Lease, tool_call_id: str, entry: str, expected: str
+        self, lease: Lease, tool_call_id: str, entry: str, expected: str, keep: str
     ) -> tuple[bool, str]:
         key = keys.call_tools(lease.call_id)
         replies = await self._ledger.run(
-            lease, [key], [tool_call_id, keys.CALL_TTL_S, entry, expected]
+            lease, [key], [tool_call_id, keys.CALL_TTL_S, entry, expected, keep]
         )
         return bool(int(replies[0])), _text(replies[1]) if len(replies) > 1 else ""
 
     async def activate(self, lease: Lease, now_s: float) -> Transition:
-        """``accepting -> active`` on the first attach (fenced); a no-op if already past."""
-        fields = {"owner": lease.runner_id, "attached_at": now_s}
+        """``accepting -> active`` on the first attach (fenced); a no-op if already past.
+        The turn counts start at zero then (each transcript line adds its turn)."""
+        fields = {
+            "owner": lease.runner_id,
+            "attached_at": now_s,
+            "caller_turns": 0,
+            "agent_turns": 0,
+        }
         return await self.leases.transition(
             lease, [CallState.ACCEPTING], CallState.ACTIVE, fields, now_s
         )
@@ -302,7 +335,7 @@ def _entry_from(raw: Any) -> LedgerEntry:
     state = data.get("state")
     name = data.get("name")
     name = name if isinstance(name, str) else ""
-    if state not in ("done", "answered"):
+    if state not in ("done", "answered", "delivered"):
         return LedgerEntry("running", name)
     ok = data.get("ok")
     output = data.get("output")

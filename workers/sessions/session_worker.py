@@ -48,7 +48,8 @@ from workers.sessions.services import SessionServices
 logger = logging.getLogger(__name__)
 
 LET_GO_MARGIN_S = 1.0
-"""Beyond the sideband's close timeout, how long a closing socket is read to its end."""
+"""Beyond the sideband's close timeout, how long a close may take before it is aborted
+(the closing socket is read until then)."""
 
 
 class Outcome(enum.StrEnum):
@@ -251,8 +252,8 @@ class SessionWorker:
             return
         if self.attachment.reading:
             closing = asyncio.ensure_future(self._detach())
-            timeout_s = self.services.sideband.close_timeout_s + LET_GO_MARGIN_S
-            await asyncio.wait({connection}, timeout=timeout_s)
+            # Both end within the close bound: the close aborts the connection then.
+            await asyncio.wait({connection, closing}, timeout=self._close_within_s() + 0.5)
             await asyncio.gather(closing, return_exceptions=True)
         if not connection.done():
             connection.cancel()
@@ -305,7 +306,10 @@ class SessionWorker:
         socket, self.socket = self.socket, None
         if socket is not None:
             with contextlib.suppress(Exception):
-                await socket.close()
+                await socket.close(self._close_within_s())
+
+    def _close_within_s(self) -> float:
+        return self.services.sideband.close_timeout_s + LET_GO_MARGIN_S
 
     # The pump -----------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ string ``{"error": ...}``) instead of silence, so it can tell the caller.
 
 The ``ToolDesk`` remembers every tool-call id with its outcome, so a re-delivered event
 never runs a tool twice; the adapter also keeps a Redis ledger (``LedgerEntry`` per id:
-running, done with its outcome, or answered), which covers the gap between the last
-snapshot and a failover: a runner taking the call over answers every id the ledger or
-the snapshot left open, once.
+running, done with its outcome, answered, or delivered), which covers the gap between
+the last snapshot and a failover: a runner taking the call over answers every id the
+ledger or the snapshot left open, and sends again an output that was sent but never
+echoed (with the same item id, which the API keeps once).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from workers.sessions.plan import SessionPlan, ToolSpec
 UNKNOWN_OUTCOME = "the tool was started before a failover and its outcome is unknown"
 """What the model is told about a tool whose run was cut short by a failover."""
 
-LedgerState = Literal["running", "done", "answered"]
+LedgerState = Literal["running", "done", "answered", "delivered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,8 @@ class LedgerEntry:
 
     ``running``: claimed, its outcome unknown; ``done``: the tool's outcome (``ok``,
     ``output``), not known to have reached the model; ``answered``: an output for the id
-    was sent to the model (``output`` is what was sent).
+    was sent (``output`` is what was sent), not yet known to have arrived; ``delivered``:
+    the API echoed it.
     """
 
     state: LedgerState
@@ -108,13 +110,16 @@ def decide(name: object, arguments: object, plan: SessionPlan) -> ToolDecision:
 
 @dataclass(slots=True)
 class ToolCall:
-    """One tool-call id: pending while ``ok`` is ``None``."""
+    """One tool-call id: pending while ``ok`` is ``None``; a configured tool keeps its
+    ``arguments`` until answered, so a runner taking the call over can run it if the
+    ledger shows it never started."""
 
     name: str
     started_at: float
     deadline_at: float | None = None
     ok: bool | None = None
     output: str | None = None
+    arguments: dict[str, Any] | None = None
 
 
 class ToolDesk:
@@ -126,8 +131,12 @@ class ToolDesk:
     def seen(self, call_id: str) -> bool:
         return call_id in self._calls
 
-    def start(self, call_id: str, name: str, now_s: float, timeout_s: float) -> None:
-        self._calls[call_id] = ToolCall(name, now_s, deadline_at=now_s + timeout_s)
+    def start(
+        self, call_id: str, name: str, now_s: float, timeout_s: float, arguments: dict[str, Any]
+    ) -> None:
+        self._calls[call_id] = ToolCall(
+            name, now_s, deadline_at=now_s + timeout_s, arguments=arguments
+        )
 
     def get(self, call_id: str) -> ToolCall | None:
         return self._calls.get(call_id)
@@ -151,7 +160,7 @@ class ToolDesk:
         call = self._calls.get(call_id)
         if call is None or call.ok is not None:
             return None
-        call.ok, call.output, call.deadline_at = ok, output, None
+        call.ok, call.output, call.deadline_at, call.arguments = ok, output, None, None
         return call
 
     def overdue(self, now_s: float) -> list[tuple[str, float]]:
