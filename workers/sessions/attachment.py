@@ -18,7 +18,9 @@ import time
 from typing import TYPE_CHECKING
 
 from shared.models import TERMINAL_STATES
+from shared.outage import through_outage
 from workers.sessions import reattach
+from workers.sessions.call_effects import OUTAGE_S
 from workers.sessions.connection import AttachFailed, Sideband, sideband_url
 
 if TYPE_CHECKING:
@@ -91,7 +93,11 @@ class Attachment:
         """Record the attach and feed it to the core; false if the call is over elsewhere."""
         w, now_s = self._w, time.time()
         if self._activate:
-            change = await w.services.store.activate(w.lease, now_s)
+            # Through a Redis restart (a compare-and-set, safe to repeat): failing here
+            # would drop a socket the API already talks on.
+            change = await through_outage(
+                lambda: w.services.store.activate(w.lease, now_s), deadline_s=OUTAGE_S
+            )
             self._activate = False
             if not change.applied and change.state in TERMINAL_STATES:
                 logger.warning("call %s is already %s", w.call_id, change.state)

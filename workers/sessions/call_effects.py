@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -153,7 +154,8 @@ class CallEffects:
         await self._write(ops)
 
     async def _patiently(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``op(*args)``, through a short Redis outage (it must be safe to repeat)."""
+        """``op(*args)``, through a short Redis outage (it must be safe to repeat; a
+        fenced write's ``Stale`` is never retried)."""
         return await through_outage(lambda: op(*args), deadline_s=OUTAGE_S)
 
     async def _write(self, ops: list[Op], *, check: bool = False) -> None:
@@ -173,9 +175,7 @@ class CallEffects:
             if await self._send_now(event):
                 return
             # Certainly not sent: unmark it, and the core sends it on the next attach.
-            await self._write_patiently(
-                lambda: w.services.store.unanswer_tool(w.lease, tool_call_id, answer)
-            )
+            await self._patiently(w.services.store.unanswer_tool, w.lease, tool_call_id, answer)
             w.feed(w.core.on_unsent(event, time.time()))
         elif tool_call_id is not None:
             logger.info("call %s: output of %s held, the socket closed", w.call_id, tool_call_id)
@@ -194,15 +194,8 @@ class CallEffects:
         output = str(event["item"].get("output", ""))
         again = tool_call_id in self.resend
         self.resend.discard(tool_call_id)
-        return await self._write_patiently(
-            lambda: w.services.store.answer_tool(
-                w.lease, tool_call_id, name, ok, output, again=again
-            )
-        )
-
-    async def _write_patiently(self, op: Callable[[], Awaitable[T]]) -> T:
-        """A fenced write through a short Redis outage (``Stale`` is never retried)."""
-        return await through_outage(op, deadline_s=OUTAGE_S)
+        answer = functools.partial(w.services.store.answer_tool, again=again)
+        return await self._patiently(answer, w.lease, tool_call_id, name, ok, output)
 
     async def settle_bills(self, pending: list[Effect | Note]) -> None:
         """Count the usage among effects a stopped session left undone, and wait for the

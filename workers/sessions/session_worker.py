@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 LET_GO_MARGIN_S = 1.0
 """Beyond the sideband's close timeout, how long a close may take before it is aborted
 (the closing socket is read until then)."""
+LET_GO_DRAIN_S = 10.0
+"""Once a socket is closed, how long its reader may take to feed what it had received:
+a safety bound, never reached unless the loop stalls for that long."""
 
 
 class Outcome(enum.StrEnum):
@@ -252,8 +255,11 @@ class SessionWorker:
             return
         if self.attachment.reading:
             closing = asyncio.ensure_future(self._detach())
-            # Both end within the close bound: the close aborts the connection then.
-            await asyncio.wait({connection, closing}, timeout=self._close_within_s() + 0.5)
+            # The close ends within its bound (aborting a connection the server does not
+            # close); what was read by then is finite, and the reader feeds it all, even
+            # on a loop slowed down by many calls letting go at once.
+            await asyncio.wait({closing}, timeout=self._close_within_s() + LET_GO_MARGIN_S)
+            await asyncio.wait({connection}, timeout=LET_GO_DRAIN_S)
             await asyncio.gather(closing, return_exceptions=True)
         if not connection.done():
             connection.cancel()
