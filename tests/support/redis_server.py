@@ -33,8 +33,9 @@ def start_redis(
         "--appendonly", "yes" if appendonly else "no",
         "--dir", str(workdir),
     ]  # fmt: skip
-    if cluster:
+    if cluster:  # the bus port is given: port + 10000 may be out of range
         argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+        argv += ["--cluster-port", str(free_port())]
     child = spawn(f"redis-{port}", argv, workdir)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)

@@ -20,7 +20,7 @@ from tests.support.session_driver import (
     sends,
     without_persist,
 )
-from workers.sessions.client_events import function_call_output
+from workers.sessions.client_events import function_call_output, output_item_id
 from workers.sessions.effects import (
     ClaimCommand,
     CommandDone,
@@ -163,8 +163,13 @@ def test_an_output_sent_but_never_echoed_is_sent_again_with_the_same_item() -> N
     )
     resent = after.attach(fresh=False)
     assert _outputs(resent) == [first]
-    assert sends(resent)[0] == function_call_output("call_1", "shipped")
+    [output] = [event for event in sends(resent) if "item" in event]
+    assert output == function_call_output("call_1", "shipped")
+    assert output["item"]["id"] == output_item_id("call_1")
     assert len(creates(resent)) == 1
+    # Client item ids are at most 32 characters, whatever the tool-call id.
+    assert len(output_item_id("call_" + "x" * 200)) <= 32
+    assert output_item_id("call_1") != output_item_id("call_2")
 
 
 def test_the_api_echoing_an_output_marks_it_delivered() -> None:

@@ -24,9 +24,12 @@ The tool ledger (``keys.call_tools``) maps a tool-call id to JSON with its ``sta
 
 A runner killed just after a send may lose the frame with its socket, so an output
 ``answered`` but never ``delivered`` is sent again by the runner taking the call over
-(``answer_tool(again=True)``), with the same item id, which the API accepts once. Only
-``delivered`` follows ``answered``. The command claims (``keys.call_command_claims``) note
-each command a worker starts applying, before its effects (``command_claim_op``).
+(``answer_tool(again=True)``), with the same item id, which the API accepts once.
+Nothing overwrites ``delivered``, and ``answered`` gives way only to ``delivered``, to
+such a resend, or to its own take-back. The command claims
+(``keys.call_command_claims``) note each command a worker starts applying, before its
+effects (``command_claim_op``). A transcript line also counts its turn in the record
+(``transcript_op``), so counts and transcript agree whatever the snapshot says.
 
 ``load`` reads what a runner taking a call on needs, in one round trip: the snapshot,
 the command outcomes and claims, and the tool ledger.
