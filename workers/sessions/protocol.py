@@ -207,7 +207,7 @@ class SessionProtocol:
                 if call.ok is None:
                     ok = entry.ok if entry.ok is not None else True
                     desk.finish(call_id, ok, entry.output or "")
-                if entry.state == "answered":
+                if entry.state == "answered" and not self._s.ended:
                     # Sent, never echoed: a runner killed at once may have lost it with
                     # its socket. The same item id again: the API keeps one of the two.
                     self._c.answer_tool(call_id, entry.output or "")
