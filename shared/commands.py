@@ -5,9 +5,10 @@ on the call's keys checks again that the call exists and is not over and XADDs i
 call's command stream, so a command never lands on an ended call. The script also
 answers who holds the call's lease at that moment, and the enqueuer pushes the call id
 onto that runner's command list (``keys.runner_commands``): the runner blocks on that
-one list and reads only the streams named there (``read_many``), from each call's
-cursor. A runner that takes a call on reads its stream once itself, so a command queued
-while nobody held the call is not missed either. The returned command id is how the
+one list and reads only the streams named there (``read_many``: one pipelined round
+trip, one ``XREAD`` per stream, so it works on Redis Cluster), from each call's cursor.
+A runner that takes a call on reads its stream once itself, so a command queued while
+nobody held the call is not missed either. The returned command id is how the
 issuer follows it: the runner applies each command at most once and answers with
 ``record_result``; ``wait_result`` blocks until that answer or a timeout.
 
@@ -261,16 +262,24 @@ class AsyncCommandQueue:
         return _streams(raw).get(call_id, [])
 
     async def read_many(
-        self, positions: Mapping[str, str], count: int = 100, block_ms: int | None = None
+        self, positions: Mapping[str, str], count: int = 100
     ) -> dict[str, list[QueuedCommand]]:
-        """Commands of many calls (call id -> position) in one read, for a runner's loop.
+        """Commands of many calls (call id -> position), for a runner's loop.
 
-        One XREAD over several calls' streams needs them on one node (not Redis Cluster).
+        One ``XREAD`` per call's stream, all in one pipelined round trip (not a
+        transaction): the streams of different calls hash to different slots, so one
+        multi-stream ``XREAD`` would be refused by Redis Cluster (``CROSSSLOT``).
         """
         if not positions:
             return {}
-        streams: dict[Any, Any] = {keys.call_commands(c): after for c, after in positions.items()}
-        return _streams(await self._redis.xread(streams, count=count, block=block_ms))
+        pipe = self._redis.pipeline(transaction=False)
+        for call_id, after in positions.items():
+            stream: dict[Any, Any] = {keys.call_commands(call_id): after}
+            pipe.xread(stream, count=count)
+        found: dict[str, list[QueuedCommand]] = {}
+        for reply in await pipe.execute():
+            found.update(_streams(reply))
+        return found
 
     async def notified(self, runner_id: str, block_s: float, count: int = 1000) -> set[str]:
         """Ids of the runner's calls with new commands, waiting up to ``block_s`` for one."""

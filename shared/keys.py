@@ -24,10 +24,14 @@ Keys (type; lifetime):
   ``EVENTS_MAXLEN``; ``CALL_TTL_S``.
 - ``sb:call:{<call_id>}:commands``: stream; operator commands for the live call, capped
   at ``COMMANDS_MAXLEN``; ``CALL_TTL_S``.
-- ``sb:call:{<call_id>}:tools``: hash; tool-call id -> outcome, so each tool call runs at
-  most once; ``CALL_TTL_S``.
+- ``sb:call:{<call_id>}:tools``: hash; tool-call id -> state (running, done with its
+  outcome, answered), so each tool call runs at most once and is answered at most once;
+  ``CALL_TTL_S``.
 - ``sb:call:{<call_id>}:command_results``: hash; command id -> outcome JSON (the first
   outcome recorded wins); ``CALL_TTL_S``.
+- ``sb:call:{<call_id>}:command_claims``: hash; command id -> fencing token of the
+  session worker that started applying it (before any of its effects), so a runner
+  taking the call over never applies it again; ``CALL_TTL_S``.
 - ``sb:call:{<call_id>}:command:<command_id>:done``: list; one element once the command
   has an outcome, for waiters to block on; ``COMMAND_DONE_TTL_S``.
 - ``sb:call:{<call_id>}:counted``: hash; what accounting already counted for the call
@@ -156,6 +160,11 @@ def call_tools(call_id: str) -> str:
 def call_command_results(call_id: str) -> str:
     """The outcomes of the call's commands."""
     return _call(call_id) + ":command_results"
+
+
+def call_command_claims(call_id: str) -> str:
+    """The commands of the call a session worker started applying."""
+    return _call(call_id) + ":command_claims"
 
 
 def call_command_done(call_id: str, command_id: str) -> str:

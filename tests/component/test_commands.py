@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
+from redis.crc import key_slot
 
 from shared import keys
 from shared.commands import (
@@ -24,6 +25,7 @@ from shared.commands import (
 from shared.models import CallRecord, CallState
 from shared.policy_file import demo_policy
 from shared.store import CallStore
+from tests.support.redis_server import start_redis
 from workers.sessions.commands import Command, DoSay, DoTransfer, parse_command
 from workers.sessions.plan import SessionPlan
 
@@ -164,25 +166,53 @@ async def test_the_runner_reads_commands_it_can_parse(
     assert await runner.read_commands("rtc_1", read[-1].entry_id) == []
 
 
-async def test_one_blocking_read_serves_many_calls(
+async def test_one_read_serves_many_calls_each_from_its_own_position(
     queue: CommandQueue, redis_client: redis.Redis, async_client: redis.asyncio.Redis
 ) -> None:
-    new_call(redis_client, "rtc_a")
-    new_call(redis_client, "rtc_b")
+    for call_id in ("rtc_a", "rtc_b", "rtc_c"):
+        new_call(redis_client, call_id)
+    queue.enqueue_command("rtc_a", "hangup", {})
+    second = queue.enqueue_command("rtc_a", "say", {"text": "hi"})
+    only = queue.enqueue_command("rtc_b", "hangup", {})
     runner = AsyncCommandQueue(async_client)
-    read = asyncio.create_task(runner.read_many({"rtc_a": "$", "rtc_b": "$"}, block_ms=5000))
-    # Wait until the read is parked on the server, so "$" means "after now".
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        clients = await async_client.client_list()
-        if any(c.get("cmd") == "xread" for c in clients):
-            break
-        await asyncio.sleep(0.01)
-    command_id = await asyncio.to_thread(queue.enqueue_command, "rtc_b", "hangup", {})
-    found = await asyncio.wait_for(read, 5)
-    assert list(found) == ["rtc_b"]
-    assert found["rtc_b"][0].command_id == command_id
-    assert found["rtc_b"][0].kind == "hangup"
+    [first_read, _] = await runner.read_commands("rtc_a", "0")
+
+    found = await runner.read_many({"rtc_a": first_read.entry_id, "rtc_b": "0", "rtc_c": "0"})
+    assert {call_id: [c.command_id for c in read] for call_id, read in found.items()} == {
+        "rtc_a": [second],
+        "rtc_b": [only],
+    }
+    assert await runner.read_many({}) == {}
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    child, url = start_redis(tmp_path_factory.mktemp("cluster"), cluster=True)
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+async def test_many_calls_commands_are_read_on_redis_cluster(cluster_url: str) -> None:
+    """Each call's keys share one slot, different calls' do not: one XREAD over several
+    calls' streams is refused by a cluster, one pipelined XREAD per stream is not."""
+    client = redis.asyncio.RedisCluster.from_url(cluster_url, decode_responses=True)
+    try:
+        calls = ["rtc_a", "rtc_b", "rtc_c"]
+        assert len({key_slot(keys.call_commands(c).encode()) for c in calls}) == len(calls)
+        runner = AsyncCommandQueue(client)
+        queued: dict[str, str] = {}
+        for call_id in calls:
+            await client.hset(keys.call_record(call_id), mapping={"state": "active"})
+            queued[call_id] = await runner.enqueue_command(call_id, "hangup", {})
+
+        found = await runner.read_many(dict.fromkeys(calls, "0"))
+        assert {call_id: [c.command_id for c in read] for call_id, read in found.items()} == {
+            call_id: [command_id] for call_id, command_id in queued.items()
+        }
+    finally:
+        await client.aclose()
 
 
 async def test_a_result_wakes_the_waiter_and_the_first_one_wins(

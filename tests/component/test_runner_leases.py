@@ -9,12 +9,14 @@ import redis
 import redis.asyncio
 
 from shared import keys
+from shared.commands import AsyncCommandQueue
 from shared.models import CallState, EndReason
 from shared.store import CallStore
 from tests.support.control import create_incoming
 from tests.support.procs import wait_until
-from workers.sessions.lease import Leases, Stale
-from workers.sessions.session_store import SessionStore
+from workers.sessions.lease import Lease, Leases, Stale
+from workers.sessions.session_store import SessionStore, StoredSession
+from workers.sessions.tools import LedgerEntry
 
 
 @pytest.fixture
@@ -92,6 +94,13 @@ async def test_the_first_attach_activates_the_call_once_and_the_end_is_fenced(
     assert (again.applied, again.state) == (False, CallState.ACTIVE)
     assert redis_client.hget(keys.call_record("rtc_d"), "owner") == "r1"
 
+    # Every transcript line counts its turn in the record, in the same script.
+    for role in ("caller", "agent", "caller"):
+        await store.write(lease, store.transcript_op("rtc_d", role, "hi", 10.5))
+    turns = redis_client.hmget(keys.call_record("rtc_d"), ["caller_turns", "agent_turns"])
+    assert turns == ["2", "1"]
+    assert redis_client.xlen(keys.call_transcript("rtc_d")) == 3
+
     assert await leases.release(lease)
     with pytest.raises(Stale):
         await store.finish(lease, EndReason.CALLER_HANGUP, {"ended_at": 12.0}, 12.0)
@@ -119,16 +128,84 @@ async def test_a_tool_call_id_is_claimed_once_and_its_outcome_is_kept(
     lease = await leases.acquire("rtc_g")
     assert lease is not None
 
-    first = await store.claim_tool(lease, "call_1")
-    second = await store.claim_tool(lease, "call_1")
+    first = await store.claim_tool(lease, "call_1", "lookup")
+    second = await store.claim_tool(lease, "call_1", "lookup")
     assert first.run
-    assert (second.run, second.ok) == (False, None)  # running elsewhere: outcome unknown
+    assert (second.run, second.entry) == (False, LedgerEntry("running", "lookup"))
 
-    await store.write(lease, store.tool_done_op("rtc_g", "call_1", True, '{"status":"ok"}'))
-    third = await store.claim_tool(lease, "call_1")
-    assert (third.run, third.ok, third.output) == (False, True, '{"status":"ok"}')
-    recorded = await store.tool_outcome("rtc_g", "call_1")
-    assert recorded == third
+    assert await store.record_tool(lease, "call_1", "lookup", True, '{"status":"ok"}')
+    third = await store.claim_tool(lease, "call_1", "lookup")
+    done = LedgerEntry("done", "lookup", True, '{"status":"ok"}')
+    assert (third.run, third.entry) == (False, done)
+    assert await store.tool_entry("rtc_g", "call_1") == done
+
+
+async def test_a_tool_output_is_marked_answered_once_and_never_overwritten(
+    client: redis.asyncio.Redis,
+) -> None:
+    leases = Leases(client, "r1", 3.0)
+    store = SessionStore(client, leases)
+    lease = await leases.acquire("rtc_i")
+    assert lease is not None
+    await store.claim_tool(lease, "call_1", "lookup")
+
+    answer = await store.answer_tool(lease, "call_1", "lookup", True, "shipped")
+    assert answer.sent
+    assert not (await store.answer_tool(lease, "call_1", "lookup", True, "shipped")).sent
+    # The tool's own record, landing after the answer, does not undo it.
+    assert not await store.record_tool(lease, "call_1", "lookup", True, "shipped")
+    answered = LedgerEntry("answered", "lookup", True, "shipped")
+    assert await store.tool_entry("rtc_i", "call_1") == answered
+
+    # A send that certainly failed takes the mark back, to what was there before.
+    assert await store.unanswer_tool(lease, "call_1", answer)
+    assert await store.tool_entry("rtc_i", "call_1") == LedgerEntry("running", "lookup")
+    assert (await store.answer_tool(lease, "call_1", "lookup", True, "shipped")).sent
+
+    # An id answered without a claim (a refused tool) is taken back to nothing.
+    refused = await store.answer_tool(lease, "call_2", "weather", False, "{}")
+    assert await store.unanswer_tool(lease, "call_2", refused)
+    assert await store.tool_entry("rtc_i", "call_2") is None
+
+    # Sent again after a takeover (never echoed), until the API's echo is noted.
+    again = await store.answer_tool(lease, "call_1", "lookup", True, "shipped", again=True)
+    assert again.sent
+    delivered = store.tool_delivered_op("rtc_i", "call_1", "lookup", True, "shipped")
+    await store.write(lease, delivered)
+    assert not (await store.answer_tool(lease, "call_1", "lookup", True, "x", again=True)).sent
+    assert not await store.unanswer_tool(lease, "call_1", again)  # not what it was
+    assert (await store.tool_entry("rtc_i", "call_1")) == LedgerEntry(
+        "delivered", "lookup", True, "shipped"
+    )
+
+    stale = Lease("rtc_i", "r1", lease.token - 1)
+    with pytest.raises(Stale):
+        await store.answer_tool(stale, "call_3", "lookup", True, "x")
+    assert await store.tool_entry("rtc_i", "call_3") is None
+
+
+async def test_a_takeover_loads_snapshot_command_outcomes_claims_and_ledger_at_once(
+    client: redis.asyncio.Redis,
+) -> None:
+    leases = Leases(client, "r1", 3.0)
+    store = SessionStore(client, leases)
+    lease = await leases.acquire("rtc_j")
+    assert lease is not None
+    assert await store.load("rtc_j") == StoredSession()
+
+    queue = AsyncCommandQueue(client)
+    await queue.record_result("rtc_j", "cmd_1", True, "will be said")
+    await store.write(lease, store.command_claim_op("rtc_j", "cmd_1", lease.token))
+    await store.write(lease, store.command_claim_op("rtc_j", "cmd_2", lease.token))
+    await store.claim_tool(lease, "call_1", "lookup")
+    await store.write(lease, store.snapshot_op(lease, {"x": 1}, "5-0", 1.0))
+
+    stored = await store.load("rtc_j")
+    assert stored.snapshot is not None
+    assert (stored.snapshot["core"], stored.snapshot["command_cursor"]) == ({"x": 1}, "5-0")
+    assert stored.command_results == {"cmd_1": (True, "will be said")}
+    assert stored.command_claims == {"cmd_1", "cmd_2"}
+    assert stored.tools == {"call_1": LedgerEntry("running", "lookup")}
 
 
 async def test_snapshots_round_trip_with_their_command_cursor(client: redis.asyncio.Redis) -> None:

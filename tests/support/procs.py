@@ -6,6 +6,7 @@ Output goes to a log file so that a failing test can show the child's last lines
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -96,6 +97,18 @@ def wait_until(
         delay = min(delay * 2, 0.2)
     tail = child.tail() if child else ""
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
+
+
+async def wait_until_async(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """``wait_until`` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:

@@ -45,6 +45,13 @@ tools:
       properties: {order_id: {type: string}}
       required: [order_id]
     handler: {type: python, function: "tests.support.runner_tools:lookup_order", timeout_s: 3}
+  slow_lookup:
+    description: Look up an order in the slow archive.
+    parameters:
+      type: object
+      properties: {order_id: {type: string}}
+      required: [order_id]
+    handler: {type: python, function: "tests.support.runner_tools:slow_lookup", timeout_s: 10}
 profiles:
   support:
     instructions: You help {caller} who dialled {called}.
@@ -58,7 +65,7 @@ profiles:
     instructions: You help {caller} who dialled {called}.
     transcription: {model: gpt-4o-mini-transcribe}
     turn_detection: {type: server_vad, silence_duration_ms: 400}
-    tools: [lookup_order, transfer_call, end_call]
+    tools: [lookup_order, slow_lookup, transfer_call, end_call]
   timed:
     instructions: You help {caller} who dialled {called}.
     turn_detection: {type: server_vad, silence_duration_ms: 400}
@@ -135,11 +142,30 @@ steps:
   - {say: "Goodbye.", pause_s: 8}
 """
 
+STEADY_SLOW_ORDER = """\
+name: steady-slow-order
+description: The steady order call, looked up in the slow archive (the slow_lookup tool).
+greeting_wait_s: 0
+reply_patience_s: 400
+steps:
+  - {say: "Hi, I have a question about my order.", pause_s: 8}
+  - say: "The number is 12345. Where is it?"
+    pause_s: 8
+    tool: {name: slow_lookup, arguments: {order_id: "12345"}}
+  - {say: "Could you check the delivery date?", pause_s: 8}
+  - {say: "And can I change the address?", pause_s: 8}
+  - {say: "Thanks, that helps a lot.", pause_s: 8}
+  - {say: "Goodbye.", pause_s: 8}
+"""
+"""The steady order call whose lookup takes ``runner_tools.SLOW_LOOKUP_S`` (wall clock),
+so a runner can be stopped while it runs."""
+
 
 def write_scenarios(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "steady-call.yaml").write_text(STEADY_CALL)
     (folder / "steady-order.yaml").write_text(STEADY_ORDER)
+    (folder / "steady-slow-order.yaml").write_text(STEADY_SLOW_ORDER)
     return folder
 
 

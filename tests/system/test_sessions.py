@@ -67,7 +67,7 @@ def test_order_status_runs_the_tool_once_and_the_model_answers_with_its_output(
     assert len(stack.tool_runs()) == runs_before + 1
     ledger = stack.rdb.hgetall(keys.call_tools(call_id))
     assert list(ledger) == [output["call_id"]]
-    assert '"state":"done"' in ledger[output["call_id"]]
+    assert '"state":"delivered"' in ledger[output["call_id"]]
     # The follow-up response came after the output and spoke it.
     received = [event["type"] for event in truth["events_received"]]
     after_output = received[received.index("conversation.item.create") :]

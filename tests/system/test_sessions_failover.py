@@ -2,8 +2,11 @@
 processes, and a runner takes calls only while it has room.
 
 Calls are scripted callers (time scale 0.05, about 5 s of talk each) that keep talking
-through a gap in the sideband, so a call that moves must go on to its normal end. The
-emulator's ground truth says whether two sidebands were ever attached at once.
+through a gap in the sideband, so a call that moves must go on to its normal end. Some
+look an order up with a slow tool (``runner_tools.slow_lookup``), so a runner can be
+killed while a tool runs. The emulator's ground truth says whether two sidebands were
+ever attached at once and how often each tool call was answered; the tools' own log says
+how often they ran.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import itertools
 import json
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +29,12 @@ from tests.support.emulator import EmulatorHandle, running_emulator
 from tests.support.ports import free_port
 from tests.support.procs import wait_until
 from tests.support.runner_stack import SessionStack, session_stack, write_scenarios
+from workers.sessions.tools import UNKNOWN_OUTCOME
 
 pytestmark = pytest.mark.system
 
-CALLS = ("steady-order", "steady-call", "steady-order", "steady-call")
+CALLS = ("steady-slow-order", "steady-call", "steady-slow-order", "steady-call")
+TOOL_CALLS = CALLS.count("steady-slow-order")
 FAILOVER_TARGET_S = 5.0
 
 
@@ -70,12 +76,40 @@ def _check_completed(stack: SessionStack, call_ids: list[str], moved: list[str])
         turns = int(stack.raw_record(call_id)["caller_turns"])
         turns += int(stack.raw_record(call_id)["agent_turns"])
         assert turns == stack.rdb.xlen(keys.call_transcript(call_id))
-        tool_ids = [output["call_id"] for output in truth["tool_outputs"]]
-        assert len(tool_ids) == len(set(tool_ids))
         if call_id in moved:
             assert len(truth["attachments"]) >= 2, truth["attachments"]
-    tool_calls = sum(len(stack.rdb.hgetall(keys.call_tools(call_id))) for call_id in call_ids)
-    assert len(stack.tool_runs()) <= tool_calls <= CALLS.count("steady-order")
+    _check_tools(stack, call_ids)
+
+
+def _check_tools(stack: SessionStack, call_ids: list[str]) -> dict[str, str]:
+    """Each tool call ran once and was answered once; the output of each, by id."""
+    issued: set[str] = set()
+    outputs: dict[str, str] = {}
+    for call_id in call_ids:
+        truth = stack.emu.call(call_id)
+        called = {
+            str(event["call_id"])
+            for event in truth["events_sent"]
+            if event["type"] == "response.function_call_arguments.done"
+        }
+        answered = Counter(str(output["call_id"]) for output in truth["tool_outputs"])
+        assert answered == Counter(called), (call_id, answered, called)
+        issued |= called
+        outputs |= {str(out["call_id"]): str(out["output"]) for out in truth["tool_outputs"]}
+    assert len(stack.tool_runs()) == len(issued) >= 1
+    return outputs
+
+
+def _running_tool(stack: SessionStack, call_ids: list[str]) -> list[str]:
+    """The calls whose tool ledger shows a tool running now."""
+    return [
+        call_id
+        for call_id in call_ids
+        if any(
+            json.loads(entry)["state"] == "running"
+            for entry in stack.rdb.hvals(keys.call_tools(call_id))
+        )
+    ]
 
 
 def _start_with_metrics(stack: SessionStack, *runner_ids: str) -> dict[str, str]:
@@ -102,9 +136,24 @@ def _largest_gap_s(attachments: list[dict[str, Any]]) -> float:
 
 
 def test_a_killed_runners_calls_continue_on_the_other_runner(stack: SessionStack) -> None:
+    """Killed while its calls' tools run: no tool runs again, and the runner taking a
+    call over answers its tool call (the outcome is unknown) exactly once."""
     metrics_urls = _start_with_metrics(stack, "r1", "r2")
     call_ids = [stack.place_call(scenario) for scenario in CALLS]
-    victim, moved = _busiest(stack, call_ids)
+    for call_id in call_ids:
+        stack.wait_state(call_id, "active")
+    # Every tool call claimed (running): none is between the model's call and the claim,
+    # where a runner killed would take the only news of it along.
+    running: list[str] = []
+
+    def tools_running() -> bool:
+        running[:] = _running_tool(stack, call_ids)
+        return len(running) == TOOL_CALLS
+
+    wait_until(tools_running, 20.0, "every tool running")
+    victim = stack.holder(running[0])
+    assert victim is not None
+    moved = [call_id for call_id in call_ids if stack.holder(call_id) == victim]
     survivor = "r2" if victim == "r1" else "r1"
 
     stack.stop_runner(victim, signal.SIGKILL)
@@ -112,6 +161,12 @@ def test_a_killed_runners_calls_continue_on_the_other_runner(stack: SessionStack
         wait_until(lambda cid=call_id: stack.holder(cid) == survivor, 10.0, f"{call_id} taken over")
 
     _check_completed(stack, call_ids, moved)
+    outputs = _check_tools(stack, call_ids)
+    assert len(outputs) == TOOL_CALLS
+    for call_id in set(moved) & set(running):
+        [(interrupted, entry)] = stack.rdb.hgetall(keys.call_tools(call_id)).items()
+        assert json.loads(entry)["state"] == "delivered"
+        assert json.loads(outputs[interrupted]) == {"error": UNKNOWN_OUTCOME}
     for call_id in moved:
         truth = stack.emu.call(call_id, events=False)
         assert _largest_gap_s(truth["attachments"]) < FAILOVER_TARGET_S

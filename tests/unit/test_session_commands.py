@@ -16,7 +16,16 @@ from tests.support.session_driver import (
     without_persist,
 )
 from workers.sessions.client_events import session_update
-from workers.sessions.effects import CommandDone, EndCall, Hangup, Observe, Persist, Refer, Send
+from workers.sessions.effects import (
+    ClaimCommand,
+    CommandDone,
+    EndCall,
+    Hangup,
+    Observe,
+    Persist,
+    Refer,
+    Send,
+)
 
 
 @pytest.mark.parametrize(
@@ -130,6 +139,7 @@ def test_transfer_without_announcement_refers_at_once() -> None:
     d.attach()
     effects = d.command("cmd_1", "transfer", target="sip:agent@example.com")
     assert without_persist(effects) == [
+        ClaimCommand("cmd_1"),
         Refer("sip:agent@example.com"),
         CommandDone("cmd_1", True, "referred to sip:agent@example.com"),
         Observe("command_latency_s", 0.0),
@@ -198,7 +208,10 @@ def test_commands_while_the_call_is_ending_are_refused(kind: str, args: dict[str
     d.attach()
     d.command("cmd_1", "hangup", goodbye="Bye")
     effects = without_persist(d.command("cmd_2", kind, **args))
-    assert effects == [CommandDone("cmd_2", False, "the call is already ending")]
+    assert effects == [
+        ClaimCommand("cmd_2"),
+        CommandDone("cmd_2", False, "the call is already ending"),
+    ]
 
 
 def test_commands_after_the_end() -> None:

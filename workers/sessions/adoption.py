@@ -12,6 +12,7 @@ that says the call ended while the record does not gets its ``EndCall`` again.
 from __future__ import annotations
 
 import logging
+import time
 
 from shared import keys
 from shared.models import CallRecord, CallState
@@ -30,7 +31,8 @@ async def adopt(services: SessionServices, record: CallRecord, lease: Lease) -> 
     """A session worker for ``record``'s call, whose ``lease`` this runner holds."""
     call_id, runner_id = record.id, services.runner_id
     await services.redis.sadd(keys.runner_calls(runner_id), call_id)  # type: ignore[misc]
-    snapshot = await services.store.load_snapshot(call_id)
+    stored = await services.store.load(call_id)
+    snapshot = stored.snapshot
     core_snapshot = snapshot.get("core") if snapshot is not None else None
     plan = build_plan(record, services.policy(), core_snapshot)
     core = SessionProtocol(plan)
@@ -53,12 +55,20 @@ async def adopt(services: SessionServices, record: CallRecord, lease: Lease) -> 
         cursor=cursor,
         activate=record.state is CallState.ACCEPTING,
     )
-    if isinstance(core_snapshot, dict):
-        await worker.effects.resume_tools(core_snapshot)
-    if core.state.end_reason is not None:
+    worker.effects.resend = {
+        tool_call_id for tool_call_id, entry in stored.tools.items() if entry.state == "answered"
+    }
+    ended = core.state.end_reason
+    if ended is not None:
         # The snapshot says the call ended, the record does not: the end was decided but
         # its writes never happened. Carry them out again (the final record is a
         # compare-and-set, the outcome counted once per call).
         logger.warning("call %s ended without its final record; finishing it", call_id)
-        worker.feed([EndCall(core.state.end_reason, "finished after a takeover")])
+    taken_over = core.on_taken_over(
+        stored.command_results, stored.command_claims, stored.tools, time.time()
+    )
+    if ended is not None:
+        taken_over.append(EndCall(ended, "finished after a takeover"))
+    if taken_over:
+        worker.feed(taken_over)
     return worker

@@ -18,7 +18,9 @@ import time
 from typing import TYPE_CHECKING
 
 from shared.models import TERMINAL_STATES
+from shared.outage import through_outage
 from workers.sessions import reattach
+from workers.sessions.call_effects import OUTAGE_S
 from workers.sessions.connection import AttachFailed, Sideband, sideband_url
 
 if TYPE_CHECKING:
@@ -38,14 +40,17 @@ class Attachment:
         self._fresh = fresh
         self._activate = activate
         self._attached_before = False
+        self.reading = False
+        """True from an attach until its socket's events end."""
 
     async def run(self) -> None:
-        """Return when the call is over for this worker (its end fed to the core)."""
+        """Return when the call is over for this worker (its end fed to the core), or the
+        worker lets go of it (``SessionWorker._let_go``)."""
         w = self._w
         services, core = w.services, w.core
         url = sideband_url(services.sideband_base_url, w.call_id)
         failures, failing_since = 0, 0.0
-        while not core.state.ended and not w.lost:
+        while not core.state.ended and not w.lost and not w.letting_go:
             try:
                 socket = await Sideband.open(url, services.api_key, services.sideband)
             except AttachFailed as exc:
@@ -64,15 +69,19 @@ class Attachment:
                 return
             failures, failing_since = 0, 0.0
             w.socket = socket
-            if not await self._attached():
-                return
-            async for event in socket.events():
-                services.metrics.event(event.get("type"))
-                w.feed(core.on_event(event, time.time()))
-                if len(w.outbox) > HIGH_WATER:
-                    await w.outbox.idle.wait()
+            self.reading = True
+            try:
+                if not await self._attached():
+                    return
+                async for event in socket.events():
+                    services.metrics.event(event.get("type"))
+                    w.feed(core.on_event(event, time.time()))
+                    if len(w.outbox) > HIGH_WATER:
+                        await w.wait_for_room()
+            finally:
+                self.reading = False
             w.socket = None
-            if w.lost:  # closed by ``SessionWorker._last_words``: nothing more to do
+            if w.lost or w.letting_go:  # closed by ``SessionWorker._let_go``: not an end
                 return
             closed = reattach.on_close(socket.close_code)
             w.feed(core.on_closed(time.time(), closed))
@@ -84,7 +93,11 @@ class Attachment:
         """Record the attach and feed it to the core; false if the call is over elsewhere."""
         w, now_s = self._w, time.time()
         if self._activate:
-            change = await w.services.store.activate(w.lease, now_s)
+            # Through a Redis restart (a compare-and-set, safe to repeat): failing here
+            # would drop a socket the API already talks on.
+            change = await through_outage(
+                lambda: w.services.store.activate(w.lease, now_s), deadline_s=OUTAGE_S
+            )
             self._activate = False
             if not change.applied and change.state in TERMINAL_STATES:
                 logger.warning("call %s is already %s", w.call_id, change.state)

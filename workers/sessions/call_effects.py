@@ -6,23 +6,33 @@ before anything that acts outside Redis (a REST request, the end of the call) an
 the end of the batch. What each effect becomes:
 
 - ``Send``: one frame on the sideband (lost if the socket just closed: the core holds
-  events only while it knows it is detached);
-- ``AppendTranscript``: ``XADD`` to the capped transcript stream;
+  events only while it knows it is detached). A ``function_call_output`` is first
+  marked ``answered`` in the tool ledger (fenced), and not sent if it already was (a
+  resend after a takeover only if it was never ``delivered``), so no tool-call id is
+  answered twice; one that certainly did not go out (the socket had closed) is
+  unmarked and handed back to the core, which sends it on the next attach;
+- ``OutputDelivered``: the ledger notes the API has the output (no one sends it again);
+- ``AppendTranscript``: ``XADD`` to the capped transcript stream, and the record's turn
+  count of the role in the same script;
 - ``AccrueUsage``: ``shared.accounting`` (once per response id; it also keeps the call
-  record's ``cost_usd`` and ``usage``);
+  record's ``cost_usd`` and ``usage``). It needs no lease: usage reported on a socket
+  this worker held is counted whatever became of its lease, and an accrual once
+  started is never abandoned (``settle_bills`` waits for it);
 - ``RunTool``: claim the tool-call id in the Redis ledger, run the tool in the
   background, feed its outcome back, then record it; a claimed id is never run again;
 - ``Refer`` / ``Hangup``: the REST call-control endpoints;
 - ``EndCall``: the final record (fenced compare-and-set to ``ended``), the admission slot
   released, the outcome counted, the post-call task queued, the socket closed soon;
-- ``Observe``: runner metrics; ``CommandDone``: the command's result; ``Persist``: the
-  worker saves a snapshot soon.
+- ``Observe``: runner metrics; ``ClaimCommand``: the command's claim, written before
+  anything it causes; ``CommandDone``: the command's result; ``Persist``: the worker
+  saves a snapshot soon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,20 +44,25 @@ import redis
 from shared.accounting import AsyncAccounting
 from shared.errors import CallGone, SwitchboardError
 from shared.outage import TRANSIENT_ERRORS, through_outage
+from workers.sessions.client_events import tool_output_id
 from workers.sessions.effects import (
     AccrueUsage,
     AppendTranscript,
+    ClaimCommand,
     CommandDone,
     Effect,
     EndCall,
     Hangup,
     Observe,
+    OutputDelivered,
     Persist,
     Refer,
     RunTool,
     Send,
 )
 from workers.sessions.lease import Op, Stale
+from workers.sessions.session_store import Answer
+from workers.sessions.tools import UNKNOWN_OUTCOME
 
 if TYPE_CHECKING:
     from workers.sessions.session_worker import SessionWorker
@@ -55,9 +70,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-UNKNOWN_TOOL_OUTCOME = "the tool was started before a failover and its outcome is unknown"
-
 
 OUTAGE_S = 30.0
 """How long Redis work of an effect (records, usage, the end) is retried while Redis is
@@ -78,6 +90,10 @@ class CallEffects:
     def __init__(self, worker: SessionWorker) -> None:
         self._w = worker
         self._tools: set[asyncio.Task[None]] = set()
+        self._bills: dict[str, asyncio.Task[None]] = {}
+        self.resend: set[str] = set()
+        """Tool-call ids whose output a previous worker sent and the API never echoed:
+        their output may go out again (``SessionStore.answer_tool(again=True)``)."""
         self._closing: asyncio.TimerHandle | None = None
         self._accounting = AsyncAccounting(worker.services.redis, worker.plan.price_table)
 
@@ -99,21 +115,30 @@ class CallEffects:
                 w.outbox.mark_dirty()
             elif isinstance(effect, Observe):
                 services.metrics.observe(effect.kind, effect.value)
-            elif isinstance(effect, AccrueUsage | CommandDone):
-                # Accounting and command results live in scripts of their own (first
-                # answer wins, once per response id); checking the lease just before
-                # keeps a stale worker out of them too.
+            elif isinstance(effect, AccrueUsage):
+                await self._accrue(effect)
+            elif isinstance(effect, ClaimCommand):
+                # Written before anything the command causes (the next effects).
+                ops += store.command_claim_op(w.call_id, effect.command_id, w.lease.token)
+                await self._write(ops)
+                ops = []
+            elif isinstance(effect, CommandDone):
+                # Command results live in a script of their own (first answer wins);
+                # checking the lease just before keeps a stale worker out of them.
                 await self._write(ops, check=True)
                 ops = []
-                if isinstance(effect, AccrueUsage):
-                    await self._accrue(effect)
-                else:
-                    await self._patiently(
-                        services.commands.record_result,
-                        w.call_id,
-                        effect.command_id,
-                        effect.ok,
-                        effect.detail,
+                await self._patiently(
+                    services.commands.record_result,
+                    w.call_id,
+                    effect.command_id,
+                    effect.ok,
+                    effect.detail,
+                )
+            elif isinstance(effect, OutputDelivered):
+                call = w.core.state.tools.get(effect.tool_call_id)
+                if call is not None:
+                    ops += store.tool_delivered_op(
+                        w.call_id, effect.tool_call_id, call.name, call.ok, call.output
                     )
             elif isinstance(effect, RunTool):
                 task = asyncio.create_task(self._run_tool(effect))
@@ -129,7 +154,8 @@ class CallEffects:
         await self._write(ops)
 
     async def _patiently(self, op: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``op(*args)``, through a short Redis outage (it must be safe to repeat)."""
+        """``op(*args)``, through a short Redis outage (it must be safe to repeat; a
+        fenced write's ``Stale`` is never retried)."""
         return await through_outage(lambda: op(*args), deadline_s=OUTAGE_S)
 
     async def _write(self, ops: list[Op], *, check: bool = False) -> None:
@@ -138,12 +164,42 @@ class CallEffects:
         await through_outage(lambda: store.write(lease, ops, check=check), deadline_s=OUTAGE_S)
 
     async def _send(self, event: dict[str, Any]) -> None:
+        w = self._w
+        tool_call_id = tool_output_id(event)
+        socket = w.socket
+        if tool_call_id is not None and socket is not None and socket.is_open:
+            answer = await self._answer_tool(tool_call_id, event)
+            if not answer.sent:
+                logger.info("call %s: %s was answered already", w.call_id, tool_call_id)
+                return
+            if await self._send_now(event):
+                return
+            # Certainly not sent: unmark it, and the core sends it on the next attach.
+            await self._patiently(w.services.store.unanswer_tool, w.lease, tool_call_id, answer)
+            w.feed(w.core.on_unsent(event, time.time()))
+        elif tool_call_id is not None:
+            logger.info("call %s: output of %s held, the socket closed", w.call_id, tool_call_id)
+            w.feed(w.core.on_unsent(event, time.time()))
+        elif not await self._send_now(event):
+            logger.info("call %s: %s not sent, the socket closed", w.call_id, event["type"])
+
+    async def _send_now(self, event: dict[str, Any]) -> bool:
         socket = self._w.socket
-        if socket is None or not await socket.send(event):
-            logger.info("call %s: %s not sent, the socket closed", self._w.call_id, event["type"])
+        return socket is not None and await socket.send(event)
+
+    async def _answer_tool(self, tool_call_id: str, event: dict[str, Any]) -> Answer:
+        w = self._w
+        call = w.core.state.tools.get(tool_call_id)
+        name, ok = (call.name, call.ok) if call is not None else ("", None)
+        output = str(event["item"].get("output", ""))
+        again = tool_call_id in self.resend
+        self.resend.discard(tool_call_id)
+        answer = functools.partial(w.services.store.answer_tool, again=again)
+        return await self._patiently(answer, w.lease, tool_call_id, name, ok, output)
 
     async def settle_bills(self, pending: list[Effect | Note]) -> None:
-        """Count the usage among effects a stopped session left undone.
+        """Count the usage among effects a stopped session left undone, and wait for the
+        accruals already started.
 
         The usage of a response is reported once, to this worker alone, and counting it
         is idempotent per response id and needs no lease: so even a worker that lost its
@@ -152,9 +208,20 @@ class CallEffects:
         bills = [effect for effect in pending if isinstance(effect, AccrueUsage)]
         if bills:
             logger.info("call %s: counting %d bills left undone", self._w.call_id, len(bills))
-            await asyncio.gather(*(self._accrue(bill) for bill in bills))
+        await asyncio.gather(*(self._accrue(bill) for bill in bills))
+        await asyncio.gather(*self._bills.values())
 
     async def _accrue(self, effect: AccrueUsage) -> None:
+        """Count one bill; shielded, so a stopped pump never leaves an accrual half done
+        (a second one of the same response joins the first)."""
+        task = self._bills.get(effect.response_id)
+        if task is None:
+            task = asyncio.ensure_future(self._count(effect))
+            self._bills[effect.response_id] = task
+            task.add_done_callback(lambda _: self._bills.pop(effect.response_id, None))
+        await asyncio.shield(task)
+
+    async def _count(self, effect: AccrueUsage) -> None:
         # A response's usage is reported once and never again, so a Redis that is away
         # for a moment must not cost it (``AsyncAccounting.accrue_retrying``).
         w = self._w
@@ -188,13 +255,8 @@ class CallEffects:
         services, state, now_s = w.services, w.core.state, time.time()
         started_at = state.started_at or w.plan.started_at or now_s
         duration_s = round(max(0.0, now_s - started_at), 3)
-        fields = {
-            "ended_at": now_s,
-            "duration_s": duration_s,
-            "caller_turns": state.caller_turns,
-            "agent_turns": state.agent_turns,
-            "end_detail": effect.detail,
-        }
+        # The turn counts are the record's own: each transcript line counts its turn.
+        fields = {"ended_at": now_s, "duration_s": duration_s, "end_detail": effect.detail}
         change = await self._patiently(services.store.finish, w.lease, effect.reason, fields, now_s)
         await self._patiently(services.admission.release, w.call_id)
         if change.applied:
@@ -224,45 +286,34 @@ class CallEffects:
         store = w.services.store
         ran = False
         try:
-            claim = await store.claim_tool(w.lease, effect.tool_call_id)
+            claim = await store.claim_tool(w.lease, effect.tool_call_id, effect.name)
+            outcome = claim.entry.outcome if claim.entry is not None else None
             if claim.run:
                 ok, output = await w.services.run_tool(
                     effect.name, effect.arguments, effect.timeout_s
                 )
                 ran = True
-            elif claim.ok is not None:
-                ok, output = claim.ok, claim.output or ""
+            elif outcome is not None:
+                ok, output = outcome
             else:
-                ok, output = False, UNKNOWN_TOOL_OUTCOME
+                ok, output = False, UNKNOWN_OUTCOME
         except Stale:
             w.lose()
             return
         except (SwitchboardError, OSError, redis.RedisError) as exc:
             logger.error("call %s: tool %s failed to run: %s", w.call_id, effect.name, exc)
             ok, output = False, f"{effect.name} could not be run"
-        # The output goes to the model first; the ledger records it meanwhile (the claim
-        # above already keeps the tool from running twice).
+        # The output goes to the model first; the ledger records the outcome meanwhile
+        # (the claim above already keeps the tool from running twice, and the answer
+        # mark, which this record never overwrites, keeps its output from going twice).
         w.on_tool_result(effect.tool_call_id, ok, output)
         if ran:
             try:
-                await store.write(
-                    w.lease, store.tool_done_op(w.call_id, effect.tool_call_id, ok, output)
-                )
+                await store.record_tool(w.lease, effect.tool_call_id, effect.name, ok, output)
             except Stale:
                 w.lose()
             except redis.RedisError as exc:
                 logger.error("call %s: outcome of %s not recorded: %s", w.call_id, effect.name, exc)
-
-    async def resume_tools(self, core_snapshot: Mapping[str, Any]) -> None:
-        """After a take-over: feed the ledger's outcomes of tools the snapshot left running."""
-        tools = core_snapshot.get("tools")
-        if not isinstance(tools, Mapping):
-            return
-        for tool_call_id, call in tools.items():
-            if isinstance(call, Mapping) and call.get("ok") is None:
-                claim = await self._w.services.store.tool_outcome(self._w.call_id, tool_call_id)
-                if claim is not None and claim.ok is not None:
-                    self._w.on_tool_result(tool_call_id, claim.ok, claim.output or "")
 
     @property
     def tools_running(self) -> bool:

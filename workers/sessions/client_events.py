@@ -1,7 +1,8 @@
 """The GA client events the session core sends, built in one place.
 
 Only GA shapes: ``response.create`` with ``response.instructions``/``metadata``,
-``conversation.item.create`` with a ``function_call_output`` item, and ``session.update``
+``conversation.item.create`` with a ``function_call_output`` item (its id derived from
+the tool-call id, ``output_item_id``), and ``session.update``
 with ``session.type: "realtime"`` always set. Nothing here ever carries an
 ``audio.*.format`` (on a SIP call the carrier's codec must not be overridden, so an
 operator's update loses them silently), and beta field names are refused with the GA
@@ -10,6 +11,7 @@ name to use instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -60,12 +62,33 @@ def say_instructions(text: str) -> str:
     return SAY_TEMPLATE.format(text=text)
 
 
+def output_item_id(call_id: str) -> str:
+    """The item id of the output for ``call_id``: the same on every runner, so the API,
+    which refuses an item id it already has, keeps one output per call even if one is
+    sent again after a failover. Client item ids are 32 characters at most."""
+    return "sbo_" + hashlib.sha256(call_id.encode()).hexdigest()[:28]
+
+
 def function_call_output(call_id: str, output: str) -> dict[str, Any]:
     """The tool's answer to the model for one ``call_id``."""
     return {
         "type": "conversation.item.create",
-        "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+        "item": {
+            "id": output_item_id(call_id),
+            "type": "function_call_output",
+            "call_id": call_id,
+            "output": output,
+        },
     }
+
+
+def tool_output_id(event: Mapping[str, Any]) -> str | None:
+    """The ``call_id`` a ``function_call_output`` event answers; ``None`` for any other."""
+    item = event.get("item") if event.get("type") == "conversation.item.create" else None
+    if isinstance(item, Mapping) and item.get("type") == "function_call_output":
+        call_id = item.get("call_id")
+        return call_id if isinstance(call_id, str) else None
+    return None
 
 
 def error_output(message: str) -> str:

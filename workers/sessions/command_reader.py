@@ -2,15 +2,17 @@
 
 Whoever queues a command pushes the call id onto the command list of the runner holding
 the call's lease (``shared.commands``, ``keys.runner_commands``). The reader blocks on
-that one list; when ids come, it reads just those calls' streams in one non-blocking
-``XREAD``, each from its worker's cursor (saved in the call's snapshot, so a call that
-moves resumes where its last worker stopped), and feeds each command to its worker. Its
-work is in proportion to the commands queued, not to the calls held.
+that one list; when ids come, it reads just those calls' streams in one pipelined round
+trip (``AsyncCommandQueue.read_many``), each from its worker's cursor (saved in the
+call's snapshot, so a call that moves resumes where its last worker stopped), and feeds
+each command to its worker. Its work is in proportion to the commands queued, not to
+the calls held.
 
 A call taken on is read once (``read_soon``): commands queued while nobody held the
 call, or before this runner held it, are found there; later ones come with a push.
 Commands may be read again after a failover: the core applies each command id at most
-once and answers a repeat with the recorded outcome.
+once and answers a repeat with the recorded outcome; a runner taking a call over knows
+the outcomes and claims recorded after the snapshot too (``workers.sessions.adoption``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ HTTP status of a refused attach (``AttachFailed.status``) and the close code.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from urllib.parse import quote
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 
 _AUDIO_DELTA = b'"response.output_audio.delta"'
 _SKIP_PROBE_BYTES = 80
@@ -99,12 +102,19 @@ class Sideband:
         except ConnectionClosed:
             return
 
+    @property
+    def is_open(self) -> bool:
+        """True until the socket starts closing (from either side)."""
+        return self._socket.state is State.OPEN
+
     async def send(self, event: dict[str, Any]) -> bool:
-        """Send one client event; false if the socket is already closed."""
-        try:
-            await self._socket.send(orjson.dumps(event).decode())
-        except ConnectionClosed:
+        """Send one client event; false if it certainly did not go out (the socket was
+        already closing). A socket lost while the frame was being written counts as
+        sent: the frame may have reached the server."""
+        if not self.is_open:
             return False
+        with contextlib.suppress(ConnectionClosed):
+            await self._socket.send(orjson.dumps(event).decode())
         return True
 
     @property
@@ -112,6 +122,11 @@ class Sideband:
         """The close code (1006: closed without a close frame; ``None``: still open)."""
         return self._socket.close_code
 
-    async def close(self) -> None:
-        """Detach (close code 1000) and wait for the socket to be closed."""
-        await self._socket.close()
+    async def close(self, within_s: float) -> None:
+        """Detach (close code 1000) and wait for the socket to be closed; a close that
+        takes longer than ``within_s`` (a peer that reads nothing) aborts the connection."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._socket.close()
+        except TimeoutError:
+            self._socket.transport.abort()

@@ -16,6 +16,7 @@ from shared.models import EndReason
 from workers.sessions.client_events import function_call_output, say_instructions
 from workers.sessions.commands import Command, DoHangup, DoSay, DoUpdate, parse_command
 from workers.sessions.effects import (
+    ClaimCommand,
     CommandDone,
     Effect,
     EndCall,
@@ -91,12 +92,18 @@ class CallControl:
         self.dirty = True
 
     def apply_command(self, command: Command, now_s: float, at: float) -> None:
-        """Carry out a new, valid command for a live call, or refuse it."""
+        """Carry out a new, valid command for a live call, or refuse it.
+
+        A valid command is claimed (``ClaimCommand``) before anything it causes, so that
+        a runner taking the call over knows it was being applied (``adopt_commands``).
+        """
         s, cid = self._s, command.command_id
         action = parse_command(command, self._plan)
         if isinstance(action, str):
             self.complete(cid, False, action, now_s, None)
-        elif isinstance(action, DoUpdate):
+            return
+        self._out.append(ClaimCommand(cid))
+        if isinstance(action, DoUpdate):
             self.send(action.event)
             self.complete(cid, True, "session updated", now_s, at)
         elif isinstance(action, DoHangup):

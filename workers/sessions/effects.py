@@ -4,8 +4,9 @@ The core (``workers.sessions.protocol``) never performs I/O: every feed method r
 a list of these small values, in the order they must be carried out. The adapter sends
 ``Send`` events on the sideband, calls the REST endpoints for ``Refer`` and ``Hangup``,
 runs tools for ``RunTool`` and feeds their outcome back, writes transcripts, usage and
-call records, records metrics for ``Observe``, acknowledges commands on ``CommandDone``
-and saves ``SessionProtocol.snapshot()`` when it sees ``Persist``.
+call records, records metrics for ``Observe``, notes a command it starts applying on
+``ClaimCommand``, acknowledges commands on ``CommandDone`` and saves
+``SessionProtocol.snapshot()`` when it sees ``Persist``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ class RunTool:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputDelivered:
+    """The API has the output for this tool-call id (it echoed the item): note it in the
+    ledger, so that no runner ever sends it again."""
+
+    tool_call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refer:
     """``POST /realtime/calls/{id}/refer`` with this ``target_uri`` (a blind transfer)."""
 
@@ -99,6 +108,14 @@ class Observe:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimCommand:
+    """Note that this command is being applied, before any of its effects: a runner that
+    takes the call over finds the note and never applies the command again."""
+
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CommandDone:
     """Acknowledge an operator command with its outcome (``ok`` false: nothing was done)."""
 
@@ -117,10 +134,12 @@ Effect = (
     | AppendTranscript
     | AccrueUsage
     | RunTool
+    | OutputDelivered
     | Refer
     | Hangup
     | EndCall
     | Observe
+    | ClaimCommand
     | CommandDone
     | Persist
 )

@@ -16,6 +16,7 @@ types are ignored. Each handler reads only the fields it routes on, with type ch
 - ``input_audio_buffer.timeout_triggered``: an idle prompt, or the end after ``max_prompts``;
 - ``input_audio_buffer.dtmf_event_received``: the plan's action for the key;
 - ``response.function_call_arguments.done``: a tool call, at most once per ``call_id``;
+- ``conversation.item.added``: the API has one of our tool outputs (``OutputDelivered``);
 - ``error``: releases a refused ``response.create`` of ours (queued again if another
   response was active); counted.
 
@@ -31,7 +32,13 @@ from shared.models import EndReason
 from shared.pricing import cost_of
 from workers.sessions.client_events import error_output, say_instructions
 from workers.sessions.control import CallControl
-from workers.sessions.effects import AccrueUsage, AppendTranscript, Role, RunTool
+from workers.sessions.effects import (
+    AccrueUsage,
+    AppendTranscript,
+    OutputDelivered,
+    Role,
+    RunTool,
+)
 from workers.sessions.plan import HangUp, SessionPlan, TransferTo
 from workers.sessions.state import SessionState
 from workers.sessions.tools import Refuse, RunConfigured, TransferCall, decide
@@ -177,7 +184,7 @@ class ServerEvents:
         decision = decide(name, event.get("arguments"), self._plan)
         if isinstance(decision, RunConfigured):
             spec = decision.spec
-            s.tools.start(call_id, spec.name, now_s, spec.timeout_s)
+            s.tools.start(call_id, spec.name, now_s, spec.timeout_s, decision.arguments)
             self._c.emit(RunTool(call_id, spec.name, decision.arguments, spec.timeout_s))
             self._c.dirty = True
             return
@@ -209,6 +216,13 @@ class ServerEvents:
                 detail=decision.reason,
             )
 
+    def _on_item_added(self, event: Mapping[str, Any], now_s: float) -> None:
+        item = _obj(event, "item")
+        if item.get("type") == "function_call_output":
+            call_id = _str(item, "call_id")
+            if call_id is not None and self._s.tools.seen(call_id):
+                self._c.emit(OutputDelivered(call_id))
+
     def _on_error(self, event: Mapping[str, Any], now_s: float) -> None:
         error = _obj(event, "error")
         self._s.gate.refused(error.get("event_id"), error.get("code"), now_s)
@@ -235,6 +249,7 @@ _HANDLERS: dict[str, _Handler] = {
     "input_audio_buffer.timeout_triggered": ServerEvents._on_idle,
     "input_audio_buffer.dtmf_event_received": ServerEvents._on_dtmf,
     "response.function_call_arguments.done": ServerEvents._on_function_call,
+    "conversation.item.added": ServerEvents._on_item_added,
     "error": ServerEvents._on_error,
 }
 

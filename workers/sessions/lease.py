@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio
+from redis.commands.core import AsyncScript
 
 from shared import keys
 from shared.models import CallState, check_transition, encode_fields
@@ -123,6 +124,29 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+class FencedScript:
+    """A script that checks the lease itself before it writes (``Leases.script``)."""
+
+    def __init__(self, script: AsyncScript) -> None:
+        self._script = script
+
+    async def run(
+        self, lease: Lease, script_keys: Sequence[str], args: Sequence[str | int | float]
+    ) -> list[Any]:
+        """Its replies after the leading 1; raises ``Stale``. ``script_keys`` are the call's
+        own keys (the lease is put first)."""
+        for key in script_keys:
+            if keys.hash_slot_tag(key) != lease.call_id:
+                raise ValueError(f"{key} is not a key of call {lease.call_id}")
+        reply = await self._script(
+            keys=[keys.call_lease(lease.call_id), *script_keys],
+            args=[lease.value, *map(_arg, args)],
+        )
+        if not int(reply[0]):
+            raise Stale(f"lease of {lease.call_id} (token {lease.token}) is gone")
+        return list(reply[1:])
+
+
 class Leases:
     """Grants, renews and releases call leases, and runs fenced writes, for one runner."""
 
@@ -181,6 +205,12 @@ class Leases:
         if not int(reply[0]):
             raise Stale(f"lease of {lease.call_id} (token {lease.token}) is gone")
         return list(reply[1:])
+
+    def script(self, text: str) -> FencedScript:
+        """A Lua script of the caller's own, run with ``FencedScript.run``: its KEYS[1] is
+        the lease and ARGV[1] the lease value; it must answer ``{0}`` when ``GET
+        KEYS[1]`` is not ARGV[1] (stale) and ``{1, ...}`` after doing its work."""
+        return FencedScript(self._redis.register_script(text))
 
     async def transition(
         self,

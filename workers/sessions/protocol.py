@@ -26,22 +26,32 @@ Decisions worth knowing:
   then, else the call is hung up with ``max_duration``); the budget wrap-up starts when
   the cost reaches the budget and stops the call its grace later, at the latest at the
   same hard stop.
-- While the socket is detached, client events are held and sent on the next attach.
+- While the socket is detached, client events are held and sent on the next attach; so
+  is a tool output the adapter could not send (``on_unsent``).
+- A call taken over from another worker learns from Redis what its snapshot may not
+  know yet (``on_taken_over``): commands with a recorded outcome or a claim are never
+  applied again; every tool-call id the ledger or the snapshot left open is answered
+  (the recorded output, or an error when the outcome is unknown), a tool never claimed
+  is run, and an output sent but never echoed by the API is sent again (same item id).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from shared.models import EndReason
 from workers.sessions.client_events import error_output
 from workers.sessions.commands import Command
 from workers.sessions.control import CallControl
-from workers.sessions.effects import CommandDone, Effect
+from workers.sessions.effects import CommandDone, Effect, RunTool
 from workers.sessions.events import ServerEvents
 from workers.sessions.plan import SessionPlan
 from workers.sessions.state import SessionState
+from workers.sessions.tools import UNKNOWN_OUTCOME, LedgerEntry, ToolCall
+
+INTERRUPTED = "interrupted by a failover; not applied again"
+"""The outcome of a command a previous worker started applying and never finished."""
 
 ClosedReason = Literal["caller", "drop", "error"]
 """``caller``: the call is over (the caller hung up); ``drop``: the socket was lost and
@@ -136,12 +146,100 @@ class SessionProtocol:
         if call is None:
             return []  # Unknown, already answered, or timed out: never answer twice.
         self._c.observe("tool_latency_s", max(0.0, now_s - call.started_at))
+        self._answer(call_id, call, ok, output)
+        return self._c.drain(now_s)
+
+    def _answer(self, call_id: str, call: ToolCall, ok: bool, output: str) -> None:
         if not ok:
             call.output = error_output(output.strip() or f"{call.name} failed")
         if not self._s.ended:
             self._c.answer_tool(call_id, call.output or "")
         self._c.dirty = True
+
+    def on_unsent(self, event: Mapping[str, Any], now_s: float) -> list[Effect]:
+        """A tool output that could not be sent (the socket had just closed): it goes out
+        on the next attach, followed by a response."""
+        s = self._s
+        if s.ended:
+            return []
+        s.held.append(dict(event))
+        s.needs_follow_up = True
+        self._c.dirty = True
         return self._c.drain(now_s)
+
+    def on_taken_over(
+        self,
+        results: Mapping[str, tuple[bool, str]],
+        claimed: Iterable[str],
+        ledger: Mapping[str, LedgerEntry],
+        now_s: float,
+    ) -> list[Effect]:
+        """What Redis knows beyond the restored snapshot, which may be a little older.
+
+        ``results``: the outcome recorded for each command id; ``claimed``: the ids a
+        worker started applying; ``ledger``: the tool ledger. Call it once, before the
+        first attach (see the module docstring).
+        """
+        self._adopt_commands(results, claimed, now_s)
+        self._adopt_tools(ledger, now_s)
+        return self._c.drain(now_s)
+
+    def _adopt_commands(
+        self, results: Mapping[str, tuple[bool, str]], claimed: Iterable[str], now_s: float
+    ) -> None:
+        s = self._s
+        for cid, outcome in results.items():
+            finale = s.finale
+            if finale is not None and finale.command_id == cid:
+                # The finale went on after the snapshot: it was carried out (its Refer
+                # or Hangup went out, then the outcome) or it was called off.
+                s.finale = None
+                if outcome[0]:
+                    s.commands[cid] = outcome
+                    self._c.end(finale.reason, finale.detail, now_s)
+            if cid not in s.commands:
+                s.commands[cid] = outcome
+                self._c.dirty = True
+        for cid in sorted(set(claimed)):
+            in_finale = s.finale is not None and s.finale.command_id == cid
+            if cid not in s.commands and not in_finale:
+                self._c.complete(cid, False, INTERRUPTED, now_s, None)
+
+    def _adopt_tools(self, ledger: Mapping[str, LedgerEntry], now_s: float) -> None:
+        desk = self._s.tools
+        for call_id in sorted(set(ledger) | set(desk.pending_ids())):
+            entry = ledger.get(call_id)
+            known = desk.get(call_id)
+            if entry is not None and entry.state in ("answered", "delivered"):
+                call = desk.adopt(call_id, entry.name, now_s)
+                if call.ok is None:
+                    ok = entry.ok if entry.ok is not None else True
+                    desk.finish(call_id, ok, entry.output or "")
+                if entry.state == "answered" and not self._s.ended:
+                    # Sent, never echoed: a runner killed at once may have lost it with
+                    # its socket. The same item id again: the API keeps one of the two.
+                    self._c.answer_tool(call_id, entry.output or "")
+                self._c.dirty = True
+            elif known is not None and known.ok is not None:
+                continue  # settled before the snapshot (an output not yet sent is held)
+            elif entry is None and known is not None and self._run_again(call_id, known, now_s):
+                continue
+            else:
+                call = desk.adopt(call_id, entry.name if entry is not None else "", now_s)
+                outcome = entry.outcome if entry is not None else None
+                ok, output = outcome if outcome is not None else (False, UNKNOWN_OUTCOME)
+                desk.finish(call_id, ok, output)
+                self._answer(call_id, call, ok, output)
+
+    def _run_again(self, call_id: str, call: ToolCall, now_s: float) -> bool:
+        """A pending tool the ledger never saw claimed never started: run it now."""
+        spec = self._plan.tool(call.name)
+        if spec is None or call.arguments is None:
+            return False
+        self._s.tools.start(call_id, spec.name, now_s, spec.timeout_s, call.arguments)
+        self._c.emit(RunTool(call_id, spec.name, dict(call.arguments), spec.timeout_s))
+        self._c.dirty = True
+        return True
 
     def on_closed(self, now_s: float, reason: ClosedReason) -> list[Effect]:
         s = self._s

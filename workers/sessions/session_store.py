@@ -11,38 +11,105 @@ plus the command-stream cursor, as one JSON string::
     {"version": 1, "runner": id, "token": n, "saved_at": unix s,
      "command_cursor": "<stream id>", "core": {...}}
 
-The tool ledger (``keys.call_tools``) maps a tool-call id to ``{"state": "running",
-"runner"}`` while a tool runs and to ``{"state": "done", "ok", "output"}`` after: it is
-claimed with ``HSETNX`` before a tool runs, so a tool-call id runs at most once, also
-across failovers.
+The tool ledger (``keys.call_tools``) maps a tool-call id to JSON with its ``state``:
+
+- ``{"state": "running", "runner", "name"}``: claimed with ``HSETNX`` before the tool
+  runs, so a tool-call id runs at most once, also across failovers;
+- ``{"state": "done", "name", "ok", "output"}``: the tool's outcome, not yet known to
+  have reached the model;
+- ``{"state": "answered", "name", "ok", "output"}``: the ``function_call_output`` for
+  the id is being sent (written just before the send), so this worker never sends it
+  twice; a send that certainly did not happen takes it back (``unanswer_tool``);
+- ``{"state": "delivered", ...}``: the API echoed the output item; nobody sends it again.
+
+A runner killed just after a send may lose the frame with its socket, so an output
+``answered`` but never ``delivered`` is sent again by the runner taking the call over
+(``answer_tool(again=True)``), with the same item id, which the API accepts once.
+Nothing overwrites ``delivered``, and ``answered`` gives way only to ``delivered``, to
+such a resend, or to its own take-back. The command claims
+(``keys.call_command_claims``) note each command a worker starts applying, before its
+effects (``command_claim_op``). A transcript line also counts its turn in the record
+(``transcript_op``), so counts and transcript agree whatever the snapshot says.
+
+``load`` reads what a runner taking a call on needs, in one round trip: the snapshot,
+the command outcomes and claims, and the tool ledger.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio
 
 from shared import keys
+from shared.command_rules import parse_result
 from shared.models import CallState, EndReason, encode_value
 from shared.pricing import Cost
 from workers.sessions.lease import Lease, Leases, Op, Transition
+from workers.sessions.tools import LedgerEntry, LedgerState
 
 SNAPSHOT_VERSION = 1
 LIVE_STATES = (CallState.ACCEPTING, CallState.ACTIVE, CallState.TRANSFERRING)
 
+# KEYS: lease, ledger. ARGV: lease value, tool-call id, ttl, new entry ('' deletes it),
+# expected entry, states that keep the entry (comma separated). Without an expected
+# entry the new one is written unless the entry's state is one of those; with one, only
+# if the entry is exactly that. Reply: {0} stale, or {1, written, the entry before}.
+_LEDGER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+if ARGV[5] ~= '' then
+  if old ~= ARGV[5] then return {1, 0, old or ''} end
+elseif old then
+  local ok, entry = pcall(cjson.decode, old)
+  if ok and type(entry) == 'table' and type(entry['state']) == 'string' then
+    if string.find(',' .. ARGV[6] .. ',', ',' .. entry['state'] .. ',', 1, true) then
+      return {1, 0, old}
+    end
+  end
+end
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {1, 1, old or ''}
+"""
+_SENT = "answered,delivered"
+"""Ledger states of an id whose output went out: nothing but ``delivered`` follows."""
+
 
 @dataclass(frozen=True, slots=True)
 class ToolClaim:
-    """The ledger's answer for one tool-call id: run it, or what an earlier run left."""
+    """The ledger's answer for one tool-call id: run it, or what an earlier claim left."""
 
     run: bool
-    ok: bool | None = None
-    output: str | None = None
+    entry: LedgerEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A ``function_call_output`` marked as sent: ``sent`` false if it already was; what
+    the entry was before, to take the mark back if the send certainly failed."""
+
+    sent: bool
+    entry: str
+    before: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What Redis holds about a call for the runner taking it on (``SessionStore.load``)."""
+
+    snapshot: dict[str, Any] | None = None
+    command_results: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    command_claims: frozenset[str] = frozenset()
+    tools: dict[str, LedgerEntry] = field(default_factory=dict)
 
 
 class SessionStore:
@@ -51,30 +118,53 @@ class SessionStore:
     def __init__(self, client: redis.asyncio.Redis, leases: Leases) -> None:
         self._redis = client
         self.leases = leases
+        self._ledger = leases.script(_LEDGER)
 
     # Reads ---------------------------------------------------------------------------
 
     async def load_snapshot(self, call_id: str) -> dict[str, Any] | None:
         raw = await self._redis.get(keys.call_snapshot(call_id))
-        if raw is None:
-            return None
-        data = orjson.loads(raw)
-        return data if isinstance(data, dict) else None
+        return _snapshot_from(raw)
 
-    async def tool_outcome(self, call_id: str, tool_call_id: str) -> ToolClaim | None:
-        """A finished tool call's recorded outcome, if the ledger has one."""
+    async def load(self, call_id: str) -> StoredSession:
+        """The snapshot, command outcomes and claims, and tool ledger of a call."""
+        pipe = self._redis.pipeline(transaction=True)  # the call's keys: one slot
+        pipe.get(keys.call_snapshot(call_id))
+        pipe.hgetall(keys.call_command_results(call_id))
+        pipe.hkeys(keys.call_command_claims(call_id))
+        pipe.hgetall(keys.call_tools(call_id))
+        snapshot, results, claims, tools = await pipe.execute()
+        outcomes: dict[str, tuple[bool, str]] = {}
+        for command_id, raw in results.items():
+            try:
+                result = parse_result(_text(command_id), raw)
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours to judge: the command is still known to be decided
+            outcomes[result.command_id] = (result.ok, result.detail)
+        return StoredSession(
+            snapshot=_snapshot_from(snapshot),
+            command_results=outcomes,
+            command_claims=frozenset(_text(command_id) for command_id in claims),
+            tools={_text(tool_call_id): _entry_from(raw) for tool_call_id, raw in tools.items()},
+        )
+
+    async def tool_entry(self, call_id: str, tool_call_id: str) -> LedgerEntry | None:
+        """What the ledger holds for one tool-call id, if anything."""
         raw = await self._redis.hget(keys.call_tools(call_id), tool_call_id)  # type: ignore[misc]
-        return _claim_from(raw) if raw is not None else None
+        return _entry_from(raw) if raw is not None else None
 
     # Write operations, to combine into one fenced batch -----------------------------
 
     @staticmethod
     def transcript_op(call_id: str, role: str, text: str, at: float) -> list[Op]:
+        """One transcript line, and the record's count of the role's turns with it (so
+        the two always agree, whatever happens to the snapshot)."""
         key = keys.call_transcript(call_id)
         maxlen = keys.TRANSCRIPT_MAXLEN
         return [
             ("XADD", key, "MAXLEN", "~", maxlen, "*", "role", role, "text", text, "at", at),
             ("EXPIRE", key, keys.CALL_TTL_S),
+            ("HINCRBY", keys.call_record(call_id), f"{role}_turns", 1),
         ]
 
     @staticmethod
@@ -116,9 +206,9 @@ class SessionStore:
         return [("SET", key, orjson.dumps(body).decode(), "EX", keys.CALL_TTL_S)]
 
     @staticmethod
-    def tool_done_op(call_id: str, tool_call_id: str, ok: bool, output: str) -> list[Op]:
-        value = orjson.dumps({"state": "done", "ok": ok, "output": output}).decode()
-        return [("HSET", keys.call_tools(call_id), tool_call_id, value)]
+    def command_claim_op(call_id: str, command_id: str, token: int) -> list[Op]:
+        key = keys.call_command_claims(call_id)
+        return [("HSET", key, command_id, token), ("EXPIRE", key, keys.CALL_TTL_S)]
 
     async def write(self, lease: Lease, ops: Iterable[Op], *, check: bool = False) -> None:
         """Run ``ops`` in one fenced script; raises ``Stale``. ``check``: even with none."""
@@ -128,10 +218,10 @@ class SessionStore:
 
     # Writes with an answer ----------------------------------------------------------
 
-    async def claim_tool(self, lease: Lease, tool_call_id: str) -> ToolClaim:
+    async def claim_tool(self, lease: Lease, tool_call_id: str, name: str) -> ToolClaim:
         """Claim a tool-call id for running, or learn what an earlier claim left."""
         key = keys.call_tools(lease.call_id)
-        running = orjson.dumps({"state": "running", "runner": lease.runner_id}).decode()
+        running = _entry_json("running", name, None, None, runner=lease.runner_id)
         replies = await self.leases.fenced(
             lease,
             [
@@ -142,11 +232,63 @@ class SessionStore:
         )
         if int(replies[0]):
             return ToolClaim(run=True)
-        return _claim_from(replies[1])
+        return ToolClaim(run=False, entry=_entry_from(replies[1]))
+
+    async def record_tool(
+        self, lease: Lease, tool_call_id: str, name: str, ok: bool, output: str
+    ) -> bool:
+        """Record a tool's outcome (``done``); false if its output was already answered."""
+        entry = _entry_json("done", name, ok, output)
+        written, _ = await self._ledger_write(lease, tool_call_id, entry, "", _SENT)
+        return written
+
+    async def answer_tool(
+        self,
+        lease: Lease,
+        tool_call_id: str,
+        name: str,
+        ok: bool | None,
+        output: str,
+        *,
+        again: bool = False,
+    ) -> Answer:
+        """Mark the id ``answered`` just before its output is sent (see ``Answer``);
+        ``again``: a resend after a takeover, refused only once ``delivered``."""
+        entry = _entry_json("answered", name, ok, output)
+        keep = "delivered" if again else _SENT
+        written, before = await self._ledger_write(lease, tool_call_id, entry, "", keep)
+        return Answer(written, entry, before)
+
+    async def unanswer_tool(self, lease: Lease, tool_call_id: str, answer: Answer) -> bool:
+        """Take an ``answer_tool`` mark back: its send certainly did not happen."""
+        written, _ = await self._ledger_write(lease, tool_call_id, answer.before, answer.entry, "")
+        return written
+
+    @staticmethod
+    def tool_delivered_op(
+        call_id: str, tool_call_id: str, name: str, ok: bool | None, output: str | None
+    ) -> list[Op]:
+        entry = _entry_json("delivered", name, ok, output)
+        return [("HSET", keys.call_tools(call_id), tool_call_id, entry)]
+
+    async def _ledger_write(
+        self, lease: Lease, tool_call_id: str, entry: str, expected: str, keep: str
+    ) -> tuple[bool, str]:
+        key = keys.call_tools(lease.call_id)
+        replies = await self._ledger.run(
+            lease, [key], [tool_call_id, keys.CALL_TTL_S, entry, expected, keep]
+        )
+        return bool(int(replies[0])), _text(replies[1]) if len(replies) > 1 else ""
 
     async def activate(self, lease: Lease, now_s: float) -> Transition:
-        """``accepting -> active`` on the first attach (fenced); a no-op if already past."""
-        fields = {"owner": lease.runner_id, "attached_at": now_s}
+        """``accepting -> active`` on the first attach (fenced); a no-op if already past.
+        The turn counts start at zero then (each transcript line adds its turn)."""
+        fields = {
+            "owner": lease.runner_id,
+            "attached_at": now_s,
+            "caller_turns": 0,
+            "agent_turns": 0,
+        }
         return await self.leases.transition(
             lease, [CallState.ACCEPTING], CallState.ACTIVE, fields, now_s
         )
@@ -163,11 +305,46 @@ class SessionStore:
         return change
 
 
-def _claim_from(raw: Any) -> ToolClaim:
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _snapshot_from(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    return data if isinstance(data, dict) else None
+
+
+def _entry_json(
+    state: LedgerState, name: str, ok: bool | None, output: str | None, **extra: str
+) -> str:
+    entry: dict[str, Any] = {"state": state, "name": name, **extra}
+    if ok is not None:
+        entry["ok"] = ok
+    if output is not None:
+        entry["output"] = output
+    return orjson.dumps(entry).decode()
+
+
+def _entry_from(raw: Any) -> LedgerEntry:
+    """A ledger entry; anything unreadable counts as a tool that may be running."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         data = {}
-    if isinstance(data, dict) and data.get("state") == "done":
-        return ToolClaim(run=False, ok=bool(data.get("ok")), output=str(data.get("output", "")))
-    return ToolClaim(run=False)
+    if not isinstance(data, dict):
+        data = {}
+    state = data.get("state")
+    name = data.get("name")
+    name = name if isinstance(name, str) else ""
+    if state not in ("done", "answered", "delivered"):
+        return LedgerEntry("running", name)
+    ok = data.get("ok")
+    output = data.get("output")
+    return LedgerEntry(
+        state,
+        name,
+        ok if isinstance(ok, bool) else None,
+        output if isinstance(output, str) else None,
+    )

@@ -15,6 +15,11 @@ Lifecycle (``run`` returns how it ended):
 - ``lost`` (``lose()``, or a fenced write found the lease gone): another worker owns
   the call; this one detaches at once and writes nothing more.
 
+Whatever the outcome, a socket is never just dropped: the worker closes it and reads it
+to its end (``_let_go``, bounded by the close timeout), because the API may have sent a
+bill (``response.done``) before it saw the close. Usage reported on a socket this worker
+held is counted, whatever became of the lease (``CallEffects.settle_bills``).
+
 The sideband itself (attach, read, re-attach) is ``workers.sessions.attachment``; the
 ordering of effects and the batching of snapshots is ``workers.sessions.outbox``.
 """
@@ -42,8 +47,12 @@ from workers.sessions.services import SessionServices
 
 logger = logging.getLogger(__name__)
 
-LAST_WORDS_S = 1.0
-"""How long a worker that lost its lease reads its closing socket for reported usage."""
+LET_GO_MARGIN_S = 1.0
+"""Beyond the sideband's close timeout, how long a close may take before it is aborted
+(the closing socket is read until then)."""
+LET_GO_DRAIN_S = 10.0
+"""Once a socket is closed, how long its reader may take to feed what it had received:
+a safety bound, never reached unless the loop stalls for that long."""
 
 
 class Outcome(enum.StrEnum):
@@ -81,6 +90,7 @@ class SessionWorker:
         self._timer_at: float | None = None
         self._quiet: asyncio.Event | None = None
         self._stop: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._letting_go = asyncio.Event()
         self._late_bills: list[Effect] = []
         self.effects = CallEffects(self)
         self.attachment = Attachment(self, fresh=fresh, activate=activate)
@@ -155,6 +165,26 @@ class SessionWorker:
     def lost(self) -> bool:
         return self._stop.done() and self._stop.result() is Outcome.LOST
 
+    @property
+    def letting_go(self) -> bool:
+        """The worker is closing its sideband for good: a close is not the call's end."""
+        return self._letting_go.is_set()
+
+    async def wait_for_room(self) -> None:
+        """Until the outbox has caught up, or the worker lets go of the sideband (then
+        the socket must be read to its end, whatever the outbox holds)."""
+        if self.letting_go:
+            return
+        waits = {
+            asyncio.ensure_future(self.outbox.idle.wait()),
+            asyncio.ensure_future(self._letting_go.wait()),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     async def run(self) -> Outcome:
         pump = asyncio.create_task(self._pump(), name=f"pump-{self.call_id}")
         connection = asyncio.create_task(self.attachment.run(), name=f"sideband-{self.call_id}")
@@ -171,12 +201,11 @@ class SessionWorker:
         except Stale:
             outcome = Outcome.LOST
         finally:
-            self.outbox.frozen = self.outbox.frozen or self.lost
-            if self.lost:
-                await self._last_words(connection)
-            for task in (connection, pump):
-                task.cancel()
-            await asyncio.gather(connection, pump, return_exceptions=True)
+            # Over for this worker: from now on only bills count (``feed``).
+            self.outbox.frozen = True
+            await self._let_go(connection)
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             await self.effects.settle_bills([*self.outbox.pending(), *self._late_bills])
             await self.effects.cancel_tools()
             if self._timer is not None:
@@ -213,16 +242,28 @@ class SessionWorker:
             await asyncio.gather(drained, return_exceptions=True)
         await self._release()
 
-    async def _last_words(self, connection: asyncio.Task[None]) -> None:
-        """A call let go (its lease lapsed): close the socket, still reading what the API
-        had already sent until the close completes, so usage it reported is counted."""
-        socket = self.socket
-        if socket is None or connection.done():
+    async def _let_go(self, connection: asyncio.Task[None]) -> None:
+        """Stop reading the sideband without losing what the API had already sent.
+
+        The socket is closed and read until the close completes (the server answers our
+        close frame, or the close timeout ends the connection), so events sent before
+        the server saw the close, a ``response.done`` above all, are still fed. Between
+        attaches there is nothing to read: the attach loop just stops.
+        """
+        self._letting_go.set()
+        if connection.done():
             return
-        closing = asyncio.ensure_future(socket.close())
-        await asyncio.wait({connection}, timeout=LAST_WORDS_S)
-        closing.cancel()
-        await asyncio.gather(closing, return_exceptions=True)
+        if self.attachment.reading:
+            closing = asyncio.ensure_future(self._detach())
+            # The close ends within its bound (aborting a connection the server does not
+            # close); what was read by then is finite, and the reader feeds it all, even
+            # on a loop slowed down by many calls letting go at once.
+            await asyncio.wait({closing}, timeout=self._close_within_s() + LET_GO_MARGIN_S)
+            await asyncio.wait({connection}, timeout=LET_GO_DRAIN_S)
+            await asyncio.gather(closing, return_exceptions=True)
+        if not connection.done():
+            connection.cancel()
+        await asyncio.gather(connection, return_exceptions=True)
 
     async def _drained(self, connection: asyncio.Task[None]) -> None:
         await connection
@@ -238,8 +279,10 @@ class SessionWorker:
             quiet.cancel()
         if connection.done() or self.core.state.ended:
             return Outcome.ENDED
-        connection.cancel()
-        await asyncio.gather(connection, return_exceptions=True)
+        await self._let_go(connection)
+        # Detached: what the core sends from now on (a tool's output) is held in the
+        # snapshot for the next runner to send.
+        self.feed(self.core.on_closed(time.time(), "drop"))
         await self.effects.wait_tools(timing.handover_tool_wait_s)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timing.finish_wait_s):
@@ -269,7 +312,10 @@ class SessionWorker:
         socket, self.socket = self.socket, None
         if socket is not None:
             with contextlib.suppress(Exception):
-                await socket.close()
+                await socket.close(self._close_within_s())
+
+    def _close_within_s(self) -> float:
+        return self.services.sideband.close_timeout_s + LET_GO_MARGIN_S
 
     # The pump -----------------------------------------------------------------------
 

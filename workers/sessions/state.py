@@ -9,7 +9,7 @@ and goes on with cost, ledgers and limits intact. Snapshot format (version 1)::
      "cost_usd": "decimal string", "cost": {component: "decimal", ..., "tokens": {...}},
      "usage": {token counts by component and totals},
      "priced_response_ids": [the last PRICED_IDS_KEPT ids],
-     "tools": {tool_call_id: {name, started_at, deadline_at, ok, output}},
+     "tools": {tool_call_id: {name, started_at, deadline_at, ok, output, arguments}},
      "needs_follow_up": bool, "commands": {command_id: {"ok", "detail"}},
      "idle_prompts", "limits_fired": ["max_duration" | "budget"],
      "finale": {...} | null, "queued_responses": [event], "response_seq": int,

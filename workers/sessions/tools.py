@@ -8,8 +8,11 @@ object, or a bad transfer target are refused: the model gets an error output (a 
 string ``{"error": ...}``) instead of silence, so it can tell the caller.
 
 The ``ToolDesk`` remembers every tool-call id with its outcome, so a re-delivered event
-never runs a tool twice; the adapter also checks a Redis ledger, which covers the gap
-between the last snapshot and a failover.
+never runs a tool twice; the adapter also keeps a Redis ledger (``LedgerEntry`` per id:
+running, done with its outcome, answered, or delivered), which covers the gap between
+the last snapshot and a failover: a runner taking the call over answers every id the
+ledger or the snapshot left open, and sends again an output that was sent but never
+echoed (with the same item id, which the API keeps once).
 """
 
 from __future__ import annotations
@@ -17,9 +20,37 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from workers.sessions.plan import SessionPlan, ToolSpec
+
+UNKNOWN_OUTCOME = "the tool was started before a failover and its outcome is unknown"
+"""What the model is told about a tool whose run was cut short by a failover."""
+
+LedgerState = Literal["running", "done", "answered", "delivered"]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """What the Redis ledger holds for one tool-call id.
+
+    ``running``: claimed, its outcome unknown; ``done``: the tool's outcome (``ok``,
+    ``output``), not known to have reached the model; ``answered``: an output for the id
+    was sent (``output`` is what was sent), not yet known to have arrived; ``delivered``:
+    the API echoed it.
+    """
+
+    state: LedgerState
+    name: str = ""
+    ok: bool | None = None
+    output: str | None = None
+
+    @property
+    def outcome(self) -> tuple[bool, str] | None:
+        """The tool's recorded outcome, if it has one."""
+        if self.state == "running" or self.ok is None:
+            return None
+        return self.ok, self.output or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +110,16 @@ def decide(name: object, arguments: object, plan: SessionPlan) -> ToolDecision:
 
 @dataclass(slots=True)
 class ToolCall:
-    """One tool-call id: pending while ``ok`` is ``None``."""
+    """One tool-call id: pending while ``ok`` is ``None``; a configured tool keeps its
+    ``arguments`` until answered, so a runner taking the call over can run it if the
+    ledger shows it never started."""
 
     name: str
     started_at: float
     deadline_at: float | None = None
     ok: bool | None = None
     output: str | None = None
+    arguments: dict[str, Any] | None = None
 
 
 class ToolDesk:
@@ -97,8 +131,25 @@ class ToolDesk:
     def seen(self, call_id: str) -> bool:
         return call_id in self._calls
 
-    def start(self, call_id: str, name: str, now_s: float, timeout_s: float) -> None:
-        self._calls[call_id] = ToolCall(name, now_s, deadline_at=now_s + timeout_s)
+    def start(
+        self, call_id: str, name: str, now_s: float, timeout_s: float, arguments: dict[str, Any]
+    ) -> None:
+        self._calls[call_id] = ToolCall(
+            name, now_s, deadline_at=now_s + timeout_s, arguments=arguments
+        )
+
+    def get(self, call_id: str) -> ToolCall | None:
+        return self._calls.get(call_id)
+
+    def adopt(self, call_id: str, name: str, now_s: float) -> ToolCall:
+        """Take on a call another worker started (no deadline: it is answered now)."""
+        call = self._calls.get(call_id)
+        if call is None:
+            call = self._calls[call_id] = ToolCall(name, now_s)
+        return call
+
+    def pending_ids(self) -> list[str]:
+        return [call_id for call_id, call in self._calls.items() if call.ok is None]
 
     def settle(self, call_id: str, name: str, ok: bool, output: str, now_s: float) -> None:
         """Record a call decided at once (a built-in or a refusal)."""
@@ -109,7 +160,7 @@ class ToolDesk:
         call = self._calls.get(call_id)
         if call is None or call.ok is not None:
             return None
-        call.ok, call.output, call.deadline_at = ok, output, None
+        call.ok, call.output, call.deadline_at, call.arguments = ok, output, None, None
         return call
 
     def overdue(self, now_s: float) -> list[tuple[str, float]]:

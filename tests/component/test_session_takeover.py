@@ -1,0 +1,291 @@
+"""Taking a call over from a worker that stopped at the worst moment, and letting go.
+
+Real Redis, the emulator (scripted callers at time scale 0.05) and session workers in
+this process (``adopt``, ``SessionWorker.run``, ``CommandReader``), so a test can stop a
+worker abruptly (cancelled, its lease left to expire, as a killed runner's would be),
+put Redis where such a stop leaves it (a snapshot a batch behind the ledger and the
+command outcomes), and check what the next worker does against the emulator's truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.server import ServerConnection, serve
+
+from emulator.usage import ResponseUsage
+from shared import keys
+from shared.policy_file import PolicySource
+from shared.pricing import cost_of, default_price_table
+from shared.settings import Settings
+from shared.store import AsyncCallStore, CallStore
+from tests.support.control import create_incoming
+from tests.support.emulator import EmulatorHandle, running_emulator
+from tests.support.ports import free_port
+from tests.support.procs import wait_until_async
+from tests.support.runner_stack import (
+    RUNNER_POLICY,
+    STEADY_LINE,
+    SessionStack,
+    session_stack,
+    write_scenarios,
+)
+from tests.support.runner_tools import TOOL_LOG_ENV
+from workers.sessions.adoption import adopt
+from workers.sessions.command_reader import CommandReader
+from workers.sessions.protocol import INTERRUPTED
+from workers.sessions.services import SessionServices, open_services
+from workers.sessions.session_worker import Outcome, SessionWorker
+from workers.sessions.tools import UNKNOWN_OUTCOME
+
+LEASE_TTL_S = 60.0
+"""Nobody renews leases here: they must outlive each test."""
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorHandle]:
+    scenarios = write_scenarios(tmp_path_factory.mktemp("scenarios"))
+    with running_emulator(time_scale=0.05, scenario_dirs=[scenarios]) as handle:
+        yield handle
+
+
+@pytest.fixture
+def stack(
+    redis_server: str, emu: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SessionStack]:
+    with session_stack(redis_server, emu, tmp_path) as running:
+        monkeypatch.setenv(TOOL_LOG_ENV, str(running.tool_log))  # tools run in this process
+        yield running
+
+
+class Host:
+    """The session workers of one in-process runner, fed by its command reader."""
+
+    def __init__(self, services: SessionServices) -> None:
+        self.services = services
+        self.workers: dict[str, SessionWorker] = {}
+        self.runs: dict[str, asyncio.Task[Outcome]] = {}
+        self.reader = CommandReader(services.commands, services.runner_id, self.workers, 100)
+        self._reading = asyncio.create_task(self.reader.run())
+
+    async def take_on(self, call_id: str) -> SessionWorker:
+        lease = await self.services.leases.acquire(call_id)
+        assert lease is not None
+        record = await AsyncCallStore(self.services.redis).get(call_id)
+        assert record is not None
+        worker = await adopt(self.services, record, lease)
+        self.workers[call_id] = worker
+        self.runs[call_id] = asyncio.create_task(worker.run())
+        self.reader.read_soon(call_id)
+        await self.services.redis.rpush(keys.runner_commands(self.services.runner_id), call_id)  # type: ignore[misc]
+        return worker
+
+    async def crash(self, call_id: str) -> None:
+        """Stop the worker writing nothing more about its call, and let its lease lapse."""
+        self.workers.pop(call_id)
+        run = self.runs.pop(call_id)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await self.services.redis.delete(keys.call_lease(call_id))
+
+    async def close(self) -> None:
+        for run in [*self.runs.values(), self._reading]:
+            run.cancel()
+        await asyncio.gather(*self.runs.values(), self._reading, return_exceptions=True)
+
+
+@asynccontextmanager
+async def hosting(settings: Settings, policy: Path, runner_id: str) -> AsyncIterator[Host]:
+    async with open_services(
+        settings, runner_id, LEASE_TTL_S, CollectorRegistry(), PolicySource(policy)
+    ) as services:
+        host = Host(services)
+        try:
+            yield host
+        finally:
+            await host.close()
+
+
+async def _ended(stack: SessionStack, call_id: str) -> dict[str, Any]:
+    """Wait (without blocking the workers here) until the call ended on both sides."""
+
+    def over() -> bool:
+        ended = stack.rdb.hget(keys.call_record(call_id), "state") == "ended"
+        return ended and stack.emu.call(call_id, events=False)["state"] == "ended"
+
+    await wait_until_async(over, 30.0, f"call {call_id} ended")
+    return stack.emu.call(call_id)
+
+
+def _create_texts(truth: dict[str, Any]) -> list[str]:
+    return [
+        str(event.get("response", {}).get("instructions", ""))
+        for event in truth["events_received"]
+        if event["type"] == "response.create"
+    ]
+
+
+async def test_commands_a_stopped_worker_started_are_never_applied_again(
+    stack: SessionStack,
+) -> None:
+    """Its snapshot knew neither command; Redis knew one was done, one was begun."""
+    call_id = stack.place_call("steady-call")
+    async with hosting(stack.settings, stack.policy_path, "r-old") as old:
+        services = old.services
+        lease = await services.leases.acquire(call_id)
+        assert lease is not None
+        said = await services.commands.enqueue_command(call_id, "say", {"text": "Ticket 42."})
+        moved = await services.commands.enqueue_command(call_id, "transfer", {"target": "human"})
+        claims = [
+            services.store.command_claim_op(call_id, cid, lease.token) for cid in (said, moved)
+        ]
+        await services.store.write(lease, [op for claim in claims for op in claim])
+        await services.commands.record_result(call_id, said, True, "will be said")
+        await services.redis.delete(keys.call_lease(call_id))
+
+    async with hosting(stack.settings, stack.policy_path, "r-new") as new:
+        worker = await new.take_on(call_id)
+        commands = new.services.commands
+        later = await commands.enqueue_command(call_id, "say", {"text": "Ticket 43."})
+        await wait_until_async(
+            lambda: any("Ticket 43." in text for text in _create_texts(stack.emu.call(call_id))),
+            10.0,
+            "the later say at the emulator",
+        )
+        texts = _create_texts(stack.emu.call(call_id))
+        assert not any("Ticket 42." in text for text in texts), texts  # said once, before
+        assert stack.emu.call(call_id, events=False)["refer_target"] is None
+        for command_id, outcome in [
+            (said, (True, "will be said")),
+            (moved, (False, INTERRUPTED)),
+            (later, (True, "will be said")),
+        ]:
+            result = await commands.wait_result(call_id, command_id, 5.0)
+            assert result is not None
+            assert (result.ok, result.detail) == outcome
+        assert not worker.core.state.ended
+
+
+async def _snapshot_while(stack: SessionStack, call_id: str, state: str) -> bytes:
+    """The call's snapshot once its tool ledger shows a tool ``state``, taken as soon as
+    that happens, and the snapshot saved last before the tool was called."""
+    earlier: list[bytes] = []
+
+    def seen() -> bool:
+        raw = stack.rdb.get(keys.call_snapshot(call_id))
+        if raw is not None and not json.loads(raw)["core"]["tools"]:
+            earlier[:] = [raw.encode()]
+        entries = stack.rdb.hvals(keys.call_tools(call_id))
+        return any(json.loads(entry)["state"] == state for entry in entries)
+
+    await wait_until_async(seen, 20.0, f"a tool {state}")
+    assert earlier, "no snapshot before the tool call"
+    return earlier[0]
+
+
+async def test_a_tool_claimed_after_the_last_snapshot_is_answered_once_by_the_next_worker(
+    stack: SessionStack,
+) -> None:
+    call_id = stack.place_call("steady-slow-order")
+    async with hosting(stack.settings, stack.policy_path, "r-old") as old:
+        await old.take_on(call_id)
+        before_tool = await _snapshot_while(stack, call_id, "running")
+        await old.crash(call_id)  # the tool was running: its outcome is lost with it
+    stack.rdb.set(keys.call_snapshot(call_id), before_tool)
+
+    async with hosting(stack.settings, stack.policy_path, "r-new") as new:
+        await new.take_on(call_id)
+        truth = await _ended(stack, call_id)
+    [output] = truth["tool_outputs"]
+    assert json.loads(output["output"]) == {"error": UNKNOWN_OUTCOME}
+    assert len(stack.tool_runs()) == 1
+    assert truth["ended_by"] == "caller"
+
+
+async def test_a_tool_output_sent_after_the_last_snapshot_is_not_sent_again(
+    stack: SessionStack,
+) -> None:
+    call_id = stack.place_call("steady-slow-order")
+    async with hosting(stack.settings, stack.policy_path, "r-old") as old:
+        await old.take_on(call_id)
+
+        def tool_pending_in_snapshot() -> bool:
+            raw = stack.rdb.get(keys.call_snapshot(call_id))
+            tools = json.loads(raw)["core"]["tools"] if raw is not None else {}
+            return any(tool["ok"] is None for tool in tools.values())
+
+        await wait_until_async(tool_pending_in_snapshot, 20.0, "a snapshot with the tool running")
+        while_running = stack.rdb.get(keys.call_snapshot(call_id))
+        assert while_running is not None
+        await wait_until_async(
+            lambda: bool(stack.emu.call(call_id, events=False)["tool_outputs"]),
+            10.0,
+            "the tool's output at the emulator",
+        )
+        await old.crash(call_id)
+    stack.rdb.set(keys.call_snapshot(call_id), while_running)
+
+    async with hosting(stack.settings, stack.policy_path, "r-new") as new:
+        await new.take_on(call_id)
+        truth = await _ended(stack, call_id)
+    [output] = truth["tool_outputs"]
+    assert json.loads(output["output"])["status"] == "archived"
+    assert len(stack.tool_runs()) == 1
+
+
+USAGE = ResponseUsage(60, 40, 20, 0, 10, 40).as_event()
+SLOW_CLOSE_S = 1.5
+"""How long the server below takes to notice our close: longer than a second."""
+
+
+async def test_usage_sent_while_a_worker_lets_go_of_its_socket_is_counted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The lease is lost while the API, slow to see our close, still sends a bill: the
+    socket is read to its end and the bill is counted, lease or not."""
+    lost = asyncio.Event()
+
+    async def slow_server(connection: ServerConnection) -> None:
+        connection.transport.pause_reading()  # our close frame waits unread
+        await lost.wait()
+        await asyncio.sleep(SLOW_CLOSE_S)
+        done = {"id": "resp_late", "status": "completed", "usage": USAGE}
+        await connection.send(orjson.dumps({"type": "response.done", "response": done}).decode())
+        connection.transport.resume_reading()
+        await connection.wait_closed()
+
+    port = free_port()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RUNNER_POLICY)
+    rdb = redis.Redis.from_url(redis_url, decode_responses=True)
+    call_id = "rtc_late_bill"
+    create_incoming(CallStore(rdb), call_id, to=STEADY_LINE)
+    rdb.hset(keys.call_record(call_id), mapping={"state": "active", "profile": "steady"})
+    settings = Settings(
+        redis_url=redis_url,
+        openai_base_url=f"http://127.0.0.1:{port}/v1",
+        openai_api_key="sk-test",
+        config=policy,
+    )
+    async with serve(slow_server, "127.0.0.1", port), hosting(settings, policy, "r1") as host:
+        worker = await host.take_on(call_id)
+        await wait_until_async(lambda: worker.core.state.attached, 10.0, "attached")
+        worker.lose()
+        lost.set()
+        assert await host.runs.pop(call_id) is Outcome.LOST
+
+    counted = rdb.hkeys(keys.call_counted(call_id))
+    assert counted == ["resp_late"]
+    expected = cost_of(USAGE, "gpt-realtime", default_price_table()).total_usd
+    assert Decimal(str(rdb.hget(keys.call_record(call_id), "cost_usd"))) == expected > 0
+    rdb.close()
