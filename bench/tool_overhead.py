@@ -22,17 +22,15 @@ the runner, that is the whole turn: the caller's speech, the tool call and the r
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from bench import plots
-from bench.procstat import children, cpu_s
+from bench.procstat import tree_cpu_s
 from bench.report import Report, main_for
 from bench.session_bench import ReceiveClock, SendClock, SessionBench, session_bench
 from bench.stack import API_KEY
 from bench.stats import latency_ms
 from bench.tool_timing import OUTPUT_ITEM, RESPONSE_CREATE, ToolTiming, tool_timings
-from tests.support.procs import Child
 
 CALLS_PER_KIND = 20
 TIME_SCALE = 0.25
@@ -42,15 +40,6 @@ WARMUP_S = 2.0
 """After the calls attached: first tool calls import the tool, fill pools."""
 KINDS = (("in-process", "bench-tool-async", 2.0), ("celery", "bench-tool-celery", 15.0))
 """(kind, scenario, p99 target in ms)."""
-
-
-def _tree_cpu_s(child: Child) -> float:
-    """CPU seconds of a process and its direct children (a Celery pool)."""
-    total = cpu_s(child.proc.pid)
-    for pid in children(child.proc.pid):
-        with contextlib.suppress(OSError):  # a pool process that just exited
-            total += cpu_s(pid)
-    return total
 
 
 def _hang_up(bench: SessionBench, call_ids: list[str]) -> None:
@@ -66,16 +55,16 @@ def _phase(
     received: ReceiveClock,
     scenario: str,
     window_s: float,
-    processes: dict[str, Child],
+    processes: dict[str, int],
 ) -> tuple[list[ToolTiming], int, dict[str, float]]:
     calls = [bench.place_call(scenario) for _ in range(CALLS_PER_KIND)]
     bench.wait_attached(calls)
     time.sleep(WARMUP_S)
-    cpu_before = {name: _tree_cpu_s(child) for name, child in processes.items()}
+    cpu_before = {name: tree_cpu_s(pid) for name, pid in processes.items()}
     start = time.time()
     time.sleep(window_s)
     end = time.time()
-    cpu_used = {name: _tree_cpu_s(child) - cpu_before[name] for name, child in processes.items()}
+    cpu_used = {name: tree_cpu_s(pid) - cpu_before[name] for name, pid in processes.items()}
     time.sleep(1.0)  # answers to the last arguments.done of the window
     _hang_up(bench, calls)
     in_window = {
@@ -98,8 +87,8 @@ def run(window_s: float) -> Report:
         ReceiveClock(OUTPUT_ITEM, RESPONSE_CREATE) as received,
     ):
         processes = {
-            "tools worker": bench.stack.worker("tools", 2, "warning"),
-            "runner": bench.stack.runner("bench-tools"),
+            "tools worker": bench.stack.worker("tools", 2, "warning").proc.pid,
+            "runner": bench.stack.runner("bench-tools").proc.pid,
         }
         for kind, scenario, target_ms in KINDS:
             timings, unanswered, cpu_used = _phase(
