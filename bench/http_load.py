@@ -32,8 +32,10 @@ class LoadResult:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_body: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
+        self.keep_body = keep_body
+        self.body = b""
         self._buffer = bytearray()
         self._waiter: asyncio.Future[int] | None = None
         self.closed = False
@@ -60,6 +62,8 @@ class _Connection(asyncio.Protocol):
         if len(self._buffer) < end + 4 + length:
             return
         status = int(head[9:12])
+        if self.keep_body:
+            self.body = bytes(self._buffer[end + 4 : end + 4 + length])
         del self._buffer[: end + 4 + length]
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(status)
@@ -71,9 +75,9 @@ class _Connection(asyncio.Protocol):
         return await self._waiter
 
 
-async def _connect(host: str, port: int) -> _Connection:
+async def _connect(host: str, port: int, keep_body: bool = False) -> _Connection:
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(_Connection, host, port)
+    _, protocol = await loop.create_connection(lambda: _Connection(keep_body), host, port)
     return protocol
 
 
@@ -127,11 +131,15 @@ async def open_loop(
     rate_per_s: float,
     duration_s: float,
     warmup_s: float,
+    bodies: list[bytes] | None = None,
 ) -> LoadResult:
-    """Send at ``rate_per_s`` on idle connections; latency counts from the due time."""
+    """Send at ``rate_per_s`` on idle connections; latency counts from the due time.
+
+    With ``bodies``, the body of every 200 answer is appended to it.
+    """
     idle: asyncio.Queue[_Connection] = asyncio.Queue()
     for _ in range(connections):
-        idle.put_nowait(await _connect(host, port))
+        idle.put_nowait(await _connect(host, port, keep_body=bodies is not None))
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
@@ -147,6 +155,8 @@ async def open_loop(
             return
         done = time.perf_counter()
         _record(result, status, done - due, measure_from <= due < stop_at)
+        if bodies is not None and status == 200:
+            bodies.append(conn.body)
         idle.put_nowait(conn)
 
     sent = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -42,6 +43,24 @@ def children(pid: int) -> list[int]:
         if int(stat[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its direct children (a Celery worker and its pool)."""
+    total = cpu_s(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # a pool process that just exited
+            total += cpu_s(child)
+    return total
+
+
+def child_running(pid: int, needle: str) -> int | None:
+    """A direct child of ``pid`` whose command line contains ``needle``, if any."""
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if needle in Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+                return child
+    return None
 
 
 class CpuSampler:

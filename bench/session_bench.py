@@ -71,6 +71,41 @@ class SendClock:
         EmulatedCall.record_sent = self._original  # type: ignore[method-assign]
 
 
+class ReceiveClock:
+    """When the emulator received client events of some types, per call, in order.
+
+    ``received[call_id]`` is ``[(time.time(), event)]``: the stamp is taken as the
+    emulator records the decoded frame, before it acts on it.
+    """
+
+    def __init__(self, *event_types: str) -> None:
+        self.event_types = frozenset(event_types)
+        self.received: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+        self._original = EmulatedCall.record_received
+
+    def __enter__(self) -> ReceiveClock:
+        clock, original = self, self._original
+
+        def record_received(call: EmulatedCall, event: dict[str, Any]) -> None:
+            if event.get("type") in clock.event_types:
+                at = time.time()
+                with clock._lock:
+                    clock.received.setdefault(call.call_id, []).append((at, event))
+            original(call, event)
+
+        EmulatedCall.record_received = record_received  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        EmulatedCall.record_received = self._original  # type: ignore[method-assign]
+
+    def calls(self, call_ids: list[str]) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+        """What was received on these calls so far (a copy)."""
+        with self._lock:
+            return {c: list(self.received.get(c, ())) for c in call_ids}
+
+
 class SessionBench:
     """A ``BenchStack`` with an in-process emulator and in-process call routing."""
 

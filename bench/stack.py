@@ -146,10 +146,15 @@ class BenchStack:
     def worker(
         self, queues: str, concurrency: int, loglevel: str = "info", pool: str = "prefork"
     ) -> Child:
-        """A Celery worker (``switchboard worker``) on ``queues``, ready once it consumes."""
+        """A Celery worker (``switchboard worker``) on ``queues``, ready once it consumes.
+
+        Run with ``--no-restart``: the Celery worker is then this child itself, with its
+        pool processes as its children, which is what the benchmarks count CPU over.
+        """
         argv = switchboard_argv(
-            "worker", "-Q", queues, "-c", str(concurrency), "--loglevel", loglevel, "-P", pool
-        )
+            "worker", "--no-restart", "-Q", queues, "-c", str(concurrency),
+            "--loglevel", loglevel, "-P", pool,
+        )  # fmt: skip
         name = f"worker-{queues.replace(',', '-')}-{len(self.children)}"
         child = self._own(spawn(name, argv, self.log_dir, env=self.env()))
         if loglevel.lower() in ("info", "debug"):

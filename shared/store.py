@@ -96,6 +96,18 @@ class CallStore:
             raw = cast("dict[Any, Any]", self._redis.hgetall(keys.call_record(call_id)))
         return CallRecord.from_hash(raw) if raw else None
 
+    def get_many(self, call_ids: Iterable[str]) -> list[CallRecord]:
+        """The records of those of ``call_ids`` that exist, in order, in one round trip."""
+        ids = list(call_ids)
+        if not ids:
+            return []
+        with _classified():
+            pipe = self._redis.pipeline(transaction=False)
+            for call_id in ids:
+                pipe.hgetall(keys.call_record(call_id))
+            raws = cast("list[dict[Any, Any]]", pipe.execute())
+        return [CallRecord.from_hash(raw) for raw in raws if raw]
+
     def transition(
         self,
         call_id: str,

@@ -144,7 +144,9 @@ def worker_command(
 
         recovery_loop.install(settings.redis_url, RecoveryConfig(every_s=recovery_every))
 
-    from workers.celery_app import app
+    from workers.celery_app import app, transport_options
+
+    app.conf.broker_transport_options = transport_options(chosen)
 
     argv = [
         "worker",

@@ -19,13 +19,22 @@ a burst of commands ever delays a ringing call. Choices and why:
   call record);
 - time limits well above the REST client's deadline, so a stuck task is killed
   rather than holding a process forever;
-- the root logger is left alone: the process configures logging once, Celery adds to it.
+- the root logger is left alone: the process configures logging once, Celery adds to it;
+- a worker on the ``tools`` queue alone runs without kombu's ack emulation
+  (``transport_options``): every task there is acknowledged on receipt and never run
+  again, so the emulation (a MULTI/EXEC to note each message unacknowledged before the
+  task starts, another to acknowledge it, a periodic scan to restore) buys nothing,
+  and the first of those round trips lay on every tool call's path. A message taken
+  by a worker that then dies is lost either way: with the emulation it came back after
+  the visibility timeout, long past its deadline, and was skipped.
 
 ``create_app`` builds an app from ``Settings``; ``app`` is the one the worker command
 and ``celery -A workers.celery_app`` use, configured from the environment.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from celery import Celery
 from kombu import Queue
@@ -45,6 +54,9 @@ from shared.queues import (
 )
 from shared.settings import Settings
 
+AT_MOST_ONCE_QUEUES = frozenset({TOOLS_QUEUE})
+"""Queues whose tasks are all acknowledged early and never retried (``run_tool``)."""
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 """Used only when no Redis URL is configured, so that importing the app never fails."""
 
@@ -57,6 +69,13 @@ Must exceed the longest countdown of a late-acked task plus its time limit (a
 ``post_call`` webhook retry waits up to 300 s), or a message a live worker holds for
 later would run twice.
 """
+
+
+def transport_options(queues: Iterable[str]) -> dict[str, object]:
+    """The Redis transport's options for a worker consuming ``queues``."""
+    if set(queues) <= AT_MOST_ONCE_QUEUES:
+        return {"ack_emulation": False}
+    return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
 
 
 def create_app(settings: Settings) -> Celery:
@@ -84,7 +103,7 @@ def create_app(settings: Settings) -> Celery:
         task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
         task_time_limit=TASK_TIME_LIMIT_S,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options=transport_options(ALL_QUEUES),
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,

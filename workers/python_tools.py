@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 MAX_OUTPUT_BYTES = 32_768
 """A tool output larger than this is refused: it would flood the model's context."""
 
+MAX_SIGNATURES_KEPT = 1024
+
 _resolved: dict[str, Callable[..., Any]] = {}
+_signatures: dict[Callable[..., Any], inspect.Signature | None] = {}
 
 
 class ToolError(Exception):
@@ -74,12 +77,34 @@ def parse_arguments(arguments: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def bind(function: Callable[..., Any], arguments: Mapping[str, Any]) -> None:
     """Check the arguments fit the function, so a mismatch reads as one, not as a crash."""
+    signature = _signature(function)
+    if signature is None:
+        return  # no signature to check (a builtin): let the call decide
     try:
-        inspect.signature(function).bind(**arguments)
+        signature.bind(**arguments)
     except TypeError as err:
         raise ToolError(f"arguments do not fit {function.__name__}: {err}") from err
+
+
+def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+    # Built once per function: ``inspect.signature`` was most of an in-process call.
+    try:
+        return _signatures[function]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable object: not kept
+        return _signature_of(function)
+    found = _signature_of(function)
+    if len(_signatures) < MAX_SIGNATURES_KEPT:
+        _signatures[function] = found
+    return found
+
+
+def _signature_of(function: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(function)
     except ValueError:
-        pass  # no signature to check (a builtin): let the call decide
+        return None
 
 
 def encode_output(value: object) -> str:

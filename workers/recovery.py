@@ -37,7 +37,10 @@ Each publication is noted on the record (``route_requeued_at``, which restarts t
 call's clock) and nothing is published for a call whose message is still queued, so a
 busy cluster is not flooded with copies; a copy that slips through is harmless (the
 claim, the runner lease). When the queue is longer than ``queue_scan_limit`` the
-workers are behind and nothing is published until they catch up. Beats are not
+workers are behind and nothing is published until they catch up; likewise nothing is
+handed to the runners while their pending list is that long. Each sweep reads the
+records and the pending list in a few round trips, however many calls it looks at,
+since it runs every second beside the routing itself. Beats are not
 trusted while Redis has been up less than ``dead_after_s``, nor for ``dead_after_s``
 after a failed tick: every beat is old after an outage.
 """
@@ -281,7 +284,7 @@ class Recovery:
         return report
 
     def _recover(self, call_ids: Iterable[str], now_s: float, report: SweepReport) -> None:
-        records = [r for r in map(self._store.get, call_ids) if r is not None]
+        records = self._store.get_many(call_ids)
         if not records:
             return
         beats, trusted = self._beats(), self._trust_beats(now_s)
@@ -294,9 +297,8 @@ class Recovery:
                 claim = str((record.model_extra or {}).get("route_claim"))
             if self._publish(record, claim, now_s):
                 (report.resumed if claim else report.requeued).append(record.id)
-        for record in due[Action.HAND_OVER]:
-            if self._hand_over(record.id, now_s):
-                report.handed_over.append(record.id)
+        accepted = [record.id for record in due[Action.HAND_OVER]]
+        report.handed_over += self._hand_over(accepted, now_s, (CallState.ACCEPTING,))
 
     def _beats(self) -> dict[str, float]:
         pairs = cast("list[Any]", self._redis.zrange(keys.CONTROL_WORKERS, 0, -1, withscores=True))
@@ -334,30 +336,38 @@ class Recovery:
         """Live calls that no runner holds (a runner lost them and could not say so, e.g.
         while Redis was away) go back to the runners, which finish them: a call that has
         ended meanwhile is refused at attach and recorded as ended."""
-        if not call_ids:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for call_id in call_ids:
-            pipe.exists(keys.call_lease(call_id))
         live = (CallState.ACTIVE, CallState.TRANSFERRING)
-        for call_id, leased in zip(call_ids, pipe.execute(), strict=True):
-            if not leased and self._hand_over(call_id, now_s, live):
-                report.orphans.append(call_id)
+        report.orphans += self._hand_over(call_ids, now_s, live)
 
     def _hand_over(
-        self,
-        call_id: str,
-        now_s: float,
-        states: tuple[CallState, ...] = (CallState.ACCEPTING,),
-    ) -> bool:
+        self, call_ids: list[str], now_s: float, states: tuple[CallState, ...]
+    ) -> list[str]:
+        """Push those of ``call_ids`` that no runner holds or is about to take (on the
+        pending list) to the runners; the ids pushed.
+
+        The pending list is read once (checking each call against it was a scan of the
+        list per call, every second); longer than ``queue_scan_limit``, the runners are
+        behind and nothing is pushed this time.
+        """
+        if not call_ids:
+            return []
+        limit = self.config.queue_scan_limit
         pipe = self._redis.pipeline(transaction=False)
-        pipe.exists(keys.call_lease(call_id))
-        pipe.lpos(keys.PENDING_CALLS, call_id)
-        leased, position = pipe.execute()
-        if leased or position is not None:
-            return False
-        noted = self._store.update(call_id, {"route_requeued_at": now_s}, only_in=states)
-        if not noted.applied:
-            return False
-        self._redis.rpush(keys.PENDING_CALLS, call_id)
-        return True
+        pipe.llen(keys.PENDING_CALLS)
+        pipe.lrange(keys.PENDING_CALLS, 0, limit - 1)
+        for call_id in call_ids:
+            pipe.exists(keys.call_lease(call_id))
+        length, pending, *leased = pipe.execute()
+        if int(length) > limit:
+            logger.info("recovery: runners' backlog; nothing handed over this time")
+            return []
+        waiting = {_text(raw) for raw in pending}
+        handed = []
+        for call_id, held in zip(call_ids, leased, strict=True):
+            if held or call_id in waiting:
+                continue
+            noted = self._store.update(call_id, {"route_requeued_at": now_s}, only_in=states)
+            if noted.applied:
+                self._redis.rpush(keys.PENDING_CALLS, call_id)
+                handed.append(call_id)
+        return handed

@@ -98,6 +98,14 @@ def test_create_then_get_returns_the_same_record(store: CallStore, redis_client:
     assert keys.WEBHOOK_DEDUPE_TTL_S - 5 <= dedupe_ttl_s <= keys.WEBHOOK_DEDUPE_TTL_S
 
 
+def test_get_many_reads_the_records_that_exist_in_order(store: CallStore) -> None:
+    first, second = new_record("rtc_1", "wh_1"), new_record("rtc_2", "wh_2")
+    for record in (first, second):
+        assert store.create_incoming(record) is CreateResult.CREATED
+    assert store.get_many(["rtc_2", "rtc_unknown", "rtc_1"]) == [second, first]
+    assert store.get_many([]) == []
+
+
 def test_duplicates_change_nothing_and_enqueue_nothing(
     store: CallStore, redis_client: redis.Redis
 ) -> None:

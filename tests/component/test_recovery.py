@@ -136,6 +136,25 @@ def test_an_accept_never_handed_to_the_runners_is_handed_over(
     assert redis_client.lrange(keys.PENDING_CALLS, 0, -1) == [calls[2], calls[0]]
 
 
+def test_nothing_is_handed_over_while_the_runners_are_behind(
+    redis_client: redis.Redis, clock: Clock
+) -> None:
+    store = CallStore(redis_client)
+    config = RecoveryConfig(dead_after_s=1.0, queue_scan_limit=5)
+    recovery = Recovery(redis_client, "sweeper@test", config, clock=clock)
+    lost = create_incoming(store, "rtc_lost").id
+    claimed(store, lost, "alive@host", time.time())
+    store.update(lost, {"accepted_at": time.time()})
+    backlog = [create_incoming(store, f"rtc_queued_{n}").id for n in range(6)]
+    redis_client.rpush(keys.PENDING_CALLS, *backlog)
+
+    clock.offset_s = CONFIG.handover_after_s + 0.5
+    assert recovery.sweep().handed_over == []  # six waiting: the runners are behind
+    redis_client.lpop(keys.PENDING_CALLS, 2)
+    assert recovery.sweep().handed_over == [lost]
+    assert redis_client.lrange(keys.PENDING_CALLS, 0, -1) == [*backlog[2:], lost]
+
+
 def test_a_live_call_no_runner_holds_is_handed_to_the_runners_again(
     recovery: Recovery, redis_client: redis.Redis, clock: Clock
 ) -> None:

@@ -123,6 +123,9 @@ async def test_bad_arguments_are_refused_before_anything_runs(
     assert SEEN == []
     lookup = python_tool("workers.demo_tools:lookup_order")
     assert "do not fit lookup_order" in error_of(await runner.run_tool(lookup, {"order": "1"}))
+    # Once the function's signature is known (kept after a good call), still checked.
+    assert (await runner.run_tool(lookup, {"order_id": "1"})).ok
+    assert "do not fit lookup_order" in error_of(await runner.run_tool(lookup, {"order": "1"}))
 
 
 async def test_the_demo_order_lookup_runs_in_process_and_is_deterministic(

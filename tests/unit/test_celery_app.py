@@ -26,7 +26,7 @@ from shared.queues import (
 from shared.realtime_client import ClientConfig
 from shared.settings import Settings
 from workers import tasks
-from workers.celery_app import VISIBILITY_TIMEOUT_S, app, create_app
+from workers.celery_app import VISIBILITY_TIMEOUT_S, app, create_app, transport_options
 
 OURS = (
     ROUTE_CALL_TASK,
@@ -107,6 +107,34 @@ def test_a_held_message_is_not_redelivered_while_it_may_still_run() -> None:
     assert longest_countdown_s + app.conf.task_time_limit < VISIBILITY_TIMEOUT_S
     options = app.conf.broker_transport_options
     assert options["visibility_timeout"] == VISIBILITY_TIMEOUT_S
+
+
+@pytest.mark.parametrize(
+    "queues",
+    [
+        ALL_QUEUES,
+        (CONTROL_QUEUE,),
+        (COMMANDS_QUEUE,),
+        (POST_CALL_QUEUE,),
+        (TOOLS_QUEUE, CONTROL_QUEUE),
+    ],
+)
+def test_a_worker_with_late_acknowledged_work_keeps_the_ack_emulation(
+    queues: tuple[str, ...],
+) -> None:
+    # Its late-acknowledged tasks come back after the visibility timeout if it dies.
+    assert transport_options(queues) == {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+
+
+def test_a_worker_on_the_tools_queue_alone_does_without_ack_emulation() -> None:
+    assert transport_options([TOOLS_QUEUE]) == {"ack_emulation": False}
+    # Which is sound only because no task of that queue is acknowledged late or retried.
+    tool = app.tasks[RUN_TOOL_TASK]
+    assert queue_of(app, RUN_TOOL_TASK) == TOOLS_QUEUE
+    assert not tool.acks_late
+    assert tool.max_retries == 0
+    on_tools = [name for name in OURS if queue_of(app, name) == TOOLS_QUEUE]
+    assert on_tools == [RUN_TOOL_TASK]
 
 
 def test_json_only_and_no_result_backend() -> None:

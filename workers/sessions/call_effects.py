@@ -15,11 +15,15 @@ the end of the batch. What each effect becomes:
 - ``AppendTranscript``: ``XADD`` to the capped transcript stream, and the record's turn
   count of the role in the same script;
 - ``AccrueUsage``: ``shared.accounting`` (once per response id; it also keeps the call
-  record's ``cost_usd`` and ``usage``). It needs no lease: usage reported on a socket
-  this worker held is counted whatever became of its lease, and an accrual once
-  started is never abandoned (``settle_bills`` waits for it);
+  record's ``cost_usd`` and ``usage``), counted beside the pump by the call's
+  ``Biller``, so that a tool's output never waits behind its response's bill. It needs
+  no lease: usage reported on a socket this worker held is counted whatever became of
+  its lease, and an accrual once started is never abandoned; ``EndCall`` and the end
+  of the session (``settle_bills``) wait for it, so the final record holds every bill;
 - ``RunTool``: claim the tool-call id in the Redis ledger, run the tool in the
-  background, feed its outcome back, then record it; a claimed id is never run again;
+  background, feed its outcome back, then record it; a claimed id is never run again.
+  The worker starts it as soon as the core asks (``start_tool``), not in turn: it
+  only starts a task, and the claim need not wait for the batch ahead of it;
 - ``Refer`` / ``Hangup``: the REST call-control endpoints;
 - ``EndCall``: the final record (fenced compare-and-set to ``ended``), the admission slot
   released, the outcome counted, the post-call task queued, the socket closed soon;
@@ -44,6 +48,7 @@ import redis
 from shared.accounting import AsyncAccounting
 from shared.errors import CallGone, SwitchboardError
 from shared.outage import TRANSIENT_ERRORS, through_outage
+from workers.sessions.biller import Biller
 from workers.sessions.client_events import tool_output_id
 from workers.sessions.effects import (
     AccrueUsage,
@@ -94,6 +99,7 @@ class CallEffects:
         self.resend: set[str] = set()
         """Tool-call ids whose output a previous worker sent and the API never echoed:
         their output may go out again (``SessionStore.answer_tool(again=True)``)."""
+        self._biller: Biller[AccrueUsage] = Biller(self._accrue, f"bills of {worker.call_id}")
         self._closing: asyncio.TimerHandle | None = None
         self._accounting = AsyncAccounting(worker.services.redis, worker.plan.price_table)
 
@@ -116,7 +122,7 @@ class CallEffects:
             elif isinstance(effect, Observe):
                 services.metrics.observe(effect.kind, effect.value)
             elif isinstance(effect, AccrueUsage):
-                await self._accrue(effect)
+                self._biller.put(effect)
             elif isinstance(effect, ClaimCommand):
                 # Written before anything the command causes (the next effects).
                 ops += store.command_claim_op(w.call_id, effect.command_id, w.lease.token)
@@ -141,9 +147,7 @@ class CallEffects:
                         w.call_id, effect.tool_call_id, call.name, call.ok, call.output
                     )
             elif isinstance(effect, RunTool):
-                task = asyncio.create_task(self._run_tool(effect))
-                self._tools.add(task)
-                task.add_done_callback(self._tools.discard)
+                self.start_tool(effect)
             else:
                 await self._write(ops)
                 ops = []
@@ -203,8 +207,10 @@ class CallEffects:
 
         The usage of a response is reported once, to this worker alone, and counting it
         is idempotent per response id and needs no lease: so even a worker that lost its
-        lease (Redis was away too long) or crashed still counts what it was told.
+        lease (Redis was away too long) or crashed still counts what it was told, the
+        biller's queue first.
         """
+        await self._biller.counted()
         bills = [effect for effect in pending if isinstance(effect, AccrueUsage)]
         if bills:
             logger.info("call %s: counting %d bills left undone", self._w.call_id, len(bills))
@@ -252,6 +258,7 @@ class CallEffects:
 
     async def _end(self, effect: EndCall) -> None:
         w = self._w
+        await self._biller.counted()  # the final record and the post-call summary hold them
         services, state, now_s = w.services, w.core.state, time.time()
         started_at = state.started_at or w.plan.started_at or now_s
         duration_s = round(max(0.0, now_s - started_at), 3)
@@ -280,6 +287,12 @@ class CallEffects:
         self._closing = asyncio.get_running_loop().call_later(
             services.timing.after_end_s, lambda: self._w.close_socket_soon()
         )
+
+    def start_tool(self, effect: RunTool) -> None:
+        """Run a tool in the background; its outcome is fed back to the worker."""
+        task = asyncio.create_task(self._run_tool(effect))
+        self._tools.add(task)
+        task.add_done_callback(self._tools.discard)
 
     async def _run_tool(self, effect: RunTool) -> None:
         w = self._w

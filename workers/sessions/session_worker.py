@@ -38,7 +38,7 @@ from workers.sessions.attachment import Attachment
 from workers.sessions.call_effects import CallEffects, Note
 from workers.sessions.commands import Command
 from workers.sessions.connection import Sideband
-from workers.sessions.effects import AccrueUsage, Effect
+from workers.sessions.effects import AccrueUsage, Effect, RunTool
 from workers.sessions.lease import Lease, Stale
 from workers.sessions.outbox import Outbox
 from workers.sessions.plan import SessionPlan
@@ -101,13 +101,23 @@ class SessionWorker:
     # Feeding the core ---------------------------------------------------------------
 
     def feed(self, effects: list[Effect]) -> None:
-        """Queue the effects of one feed and re-arm the core's deadline."""
+        """Queue the effects of one feed and re-arm the core's deadline.
+
+        Tools start at once rather than in turn: starting one is only a task, and the
+        model waits for its output.
+        """
         if self.outbox.frozen:
             # Stopping: nothing more is carried out, but usage the API reported to us is
             # still counted (``CallEffects.settle_bills``).
             self._late_bills += [e for e in effects if isinstance(e, AccrueUsage)]
             return
-        self.outbox.put(effects)
+        queued: list[Effect] = []
+        for effect in effects:
+            if isinstance(effect, RunTool):
+                self.effects.start_tool(effect)  # a tool's latency starts here
+            else:
+                queued.append(effect)
+        self.outbox.put(queued)
         if self._quiet is not None and not self._busy():
             self._quiet.set()
         deadline = self.core.next_deadline()
