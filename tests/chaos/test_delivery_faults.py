@@ -163,7 +163,9 @@ def test_rest_5xx_and_429_storms_are_retried_without_deciding_twice(
     stack: ChaosStack, rdb: redis.Redis
 ) -> None:
     stack.emulator.set_faults(rest_5xx_rate=0.3, rest_429_rate=0.3, retry_after_s=0.05)
-    call_ids = place_mix(stack, size(6, 40))
+    # Each first accept meets a fault with p = 0.51: with 12 calls, the chance that none
+    # does (and the check below cannot tell) is 0.49 ** 12, about 2 in 10,000.
+    call_ids = place_mix(stack, size(12, 40))
 
     result = settle(stack, rdb, call_ids)
 
