@@ -58,6 +58,10 @@ def check_all_valid(truth: dict[str, Any], received: list[Any]) -> list[str]:
 @pytest.mark.parametrize("name", BUILTINS)
 async def test_every_builtin_scenario_emits_only_valid_events(name: str) -> None:
     scale = 0.005 if name in ("long-call", "busy-call") else 0.02
+    if name == "hang-up-early":
+        # The caller lets it ring 2 s times the scale: keep that beyond a loaded
+        # machine's accept, so the test answers the call the scenario then plays.
+        scale = 0.5
     audio = {
         "input": {
             "transcription": {"model": "gpt-4o-transcribe"},
