@@ -96,7 +96,9 @@ class EmulatedCall:
     attachments: list[Attachment] = field(default_factory=list)
     tool_outputs: list[dict[str, Any]] = field(default_factory=list)
     function_calls: list[dict[str, Any]] = field(default_factory=list)
-    """``{"call_id", "name", "at"}`` per function call sent on a sideband (wall-clock s)."""
+    """``{"call_id", "name", "at", "delivered"}`` per function call broadcast while a
+    sideband was attached (``at``: wall-clock s; ``delivered``: false when every socket
+    was dropped instead, see ``ws_drop_rate``, so no client ever saw it)."""
     events_sent: list[dict[str, Any]] = field(default_factory=list)
     events_received: list[dict[str, Any]] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
@@ -133,12 +135,14 @@ class EmulatedCall:
         return True
 
     def record_sent(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "response.function_call_arguments.done":
-            call = {"call_id": event.get("call_id"), "name": event.get("name")}
-            self.function_calls.append(call | {"at": time.time()})
         self.events_sent.append(event)
         if len(self.events_sent) > MAX_EVENTS_KEPT:
             del self.events_sent[0]
+
+    def record_function_call(self, event: dict[str, Any], delivered: bool) -> None:
+        """A function call broadcast to the sidebands; ``delivered``: a socket took it."""
+        call = {"call_id": event.get("call_id"), "name": event.get("name")}
+        self.function_calls.append(call | {"at": time.time(), "delivered": delivered})
 
     def record_received(self, event: dict[str, Any]) -> None:
         self.events_received.append(event)
