@@ -111,7 +111,15 @@ async def reject_call(request: Request) -> Response:
     return empty_ok()
 
 
+def _note_control(request: Request, action: str) -> None:
+    """Count a refer or hangup request in the call's ground truth, even one refused."""
+    call = _ctx(request).registry.get(request.path_params["call_id"])
+    if call is not None:
+        call.control_requests.append(action)
+
+
 async def refer_call(request: Request) -> Response:
+    _note_control(request, "refer")
     _reachable_call(request)
     body = validate_body(ReferRequest, await read_json_object(request))
     call = _reachable_call(request)
@@ -126,6 +134,7 @@ async def refer_call(request: Request) -> Response:
 
 
 async def hangup_call(request: Request) -> Response:
+    _note_control(request, "hangup")
     call = _reachable_call(request)
     if call.state == "rejected":
         raise conflict(

@@ -156,12 +156,14 @@ class LiveSession:
             self.call.record_sent(body)
         text = orjson.dumps(body).decode()
         faults, rng = self.ctx.faults, self.ctx.rng
+        delivered = False
         for outlet in list(self.outlets):
             if scripted and faults.ws_drop_rate and rng.random() < faults.ws_drop_rate:
                 self.detach(outlet)
                 await outlet.close(1011, "injected fault: connection dropped")
                 continue
             await outlet.send_text(text)
+            delivered = delivered or outlet.open
             malformed = scripted and faults.malformed_event_rate > 0
             if malformed and rng.random() < faults.malformed_event_rate:
                 if self.call is not None:
@@ -169,6 +171,8 @@ class LiveSession:
                 await outlet.send_text(self._malformed())
             if not outlet.open:
                 self.detach(outlet)
+        if self.call is not None and body.get("type") == "response.function_call_arguments.done":
+            self.call.record_function_call(body, delivered)
 
     def _malformed(self) -> str:
         if self.ctx.rng.random() < 0.5:

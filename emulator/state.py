@@ -3,10 +3,12 @@
 One ``EmulatedCall`` per call id, owned by a ``CallRegistry``. REST handlers, the
 sideband and the webhook sender all read and write the same object, so the control
 surface (``GET /_emulator/calls/{id}``, ``GET /_emulator/ledger``) reports what really
-happened: the accept body received, the reject status, the refer target, who ended
-the call, every sideband attachment interval, the usage the scripted model reported,
-the tool outputs it got, every event sent and received, and protocol defects (for
-example an ``audio.*.format`` override on a SIP call).
+happened: the accept body received, the reject status, the refer target, every refer
+and hangup request (``control_requests``, refused ones too), who ended the call, every
+sideband attachment interval, the usage the scripted model reported, the function calls
+it made (``function_calls``, with when they were sent) and the tool outputs it got,
+every event sent and received, and protocol defects (for example an ``audio.*.format``
+override on a SIP call).
 
 Call states: ``ringing`` -> ``active`` -> ``ended``; ``ringing`` -> ``rejected``;
 ``ringing`` -> ``missed`` (the caller gave up before anyone answered).
@@ -85,12 +87,18 @@ class EmulatedCall:
     reject_status: int | None = None
     refer_target: str | None = None
     hangup_requested: bool = False
+    control_requests: list[str] = field(default_factory=list)
+    """``refer`` or ``hangup`` per REST request naming the call, answered or refused."""
     ended_by: EndedBy | None = None
     ended_at: float | None = None
     usage: dict[str, int] = field(default_factory=zero_usage)
     responses: int = 0
     attachments: list[Attachment] = field(default_factory=list)
     tool_outputs: list[dict[str, Any]] = field(default_factory=list)
+    function_calls: list[dict[str, Any]] = field(default_factory=list)
+    """``{"call_id", "name", "at", "delivered"}`` per function call broadcast while a
+    sideband was attached (``at``: wall-clock s; ``delivered``: false when every socket
+    was dropped instead, see ``ws_drop_rate``, so no client ever saw it)."""
     events_sent: list[dict[str, Any]] = field(default_factory=list)
     events_received: list[dict[str, Any]] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
@@ -131,6 +139,11 @@ class EmulatedCall:
         if len(self.events_sent) > MAX_EVENTS_KEPT:
             del self.events_sent[0]
 
+    def record_function_call(self, event: dict[str, Any], delivered: bool) -> None:
+        """A function call broadcast to the sidebands; ``delivered``: a socket took it."""
+        call = {"call_id": event.get("call_id"), "name": event.get("name")}
+        self.function_calls.append(call | {"at": time.time(), "delivered": delivered})
+
     def record_received(self, event: dict[str, Any]) -> None:
         self.events_received.append(event)
         if len(self.events_received) > MAX_EVENTS_KEPT:
@@ -162,12 +175,14 @@ class EmulatedCall:
             "accept": self.accept,
             "reject_status": self.reject_status,
             "refer_target": self.refer_target,
+            "control_requests": list(self.control_requests),
             "ended_by": self.ended_by,
             "usage": dict(self.usage),
             "responses": self.responses,
             "attachments": [a.as_json() for a in self.attachments],
             "overlapping_attachments": self.overlapping_attachments(),
             "tool_outputs": list(self.tool_outputs),
+            "function_calls": list(self.function_calls),
             "defects": list(self.defects),
             "repeat_decisions": list(self.repeat_decisions),
             "malformed_sent": self.malformed_sent,

@@ -32,6 +32,10 @@ Keys (type; lifetime):
 - ``sb:call:{<call_id>}:command_claims``: hash; command id -> fencing token of the
   session worker that started applying it (before any of its effects), so a runner
   taking the call over never applies it again; ``CALL_TTL_S``.
+- ``sb:call:{<call_id>}:control``: string; JSON of the call's one Refer or Hangup (action,
+  end reason, detail, target, command id, fencing token, time), set once (``NX``) just
+  before the REST request, so the call is transferred or hung up once, also across a
+  takeover (``workers.sessions.session_store``); ``CALL_TTL_S``.
 - ``sb:call:{<call_id>}:command:<command_id>:done``: list; one element once the command
   has an outcome, for waiters to block on; ``COMMAND_DONE_TTL_S``.
 - ``sb:call:{<call_id>}:counted``: hash; what accounting already counted for the call
@@ -165,6 +169,11 @@ def call_command_results(call_id: str) -> str:
 def call_command_claims(call_id: str) -> str:
     """The commands of the call a session worker started applying."""
     return _call(call_id) + ":command_claims"
+
+
+def call_control(call_id: str) -> str:
+    """The call's Refer or Hangup, claimed before its REST request."""
+    return _call(call_id) + ":control"
 
 
 def call_command_done(call_id: str, command_id: str) -> str:

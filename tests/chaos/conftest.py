@@ -33,6 +33,7 @@ SUMMED = (
     "doubled_tool_calls",
     "doubled_tool_runs",
     "tool_results_without_a_run",
+    "unanswered_tool_calls",
     "overlapping_attachments",
     "leaked_admission_slots",
     "defective_calls",

@@ -14,6 +14,7 @@ from shared.models import CallState, EndReason
 from shared.store import CallStore
 from tests.support.control import create_incoming
 from tests.support.procs import wait_until
+from workers.sessions.effects import ClaimControl
 from workers.sessions.lease import Lease, Leases, Stale
 from workers.sessions.session_store import SessionStore, StoredSession
 from workers.sessions.tools import LedgerEntry
@@ -206,6 +207,37 @@ async def test_a_takeover_loads_snapshot_command_outcomes_claims_and_ledger_at_o
     assert stored.command_results == {"cmd_1": (True, "will be said")}
     assert stored.command_claims == {"cmd_1", "cmd_2"}
     assert stored.tools == {"call_1": LedgerEntry("running", "lookup")}
+    assert stored.control is None
+
+
+async def test_a_call_is_referred_or_hung_up_on_one_claim_only(
+    client: redis.asyncio.Redis, redis_client: redis.Redis
+) -> None:
+    leases = Leases(client, "r1", 3.0)
+    store = SessionStore(client, leases)
+    lease = await leases.acquire("rtc_k")
+    assert lease is not None
+    refer = ClaimControl("refer", EndReason.TRANSFERRED, "sip:a@b", "sip:a@b", "cmd_1")
+    claim = store.control_json(refer, lease.token, 1.0)
+    note = store.event_op("rtc_k", "note", 1.0, {})
+    assert await store.claim_control(lease, note, claim)
+    assert redis_client.xlen(keys.call_events("rtc_k")) == 1  # in the same script
+    assert await store.claim_control(lease, [], claim)  # a retry of the same claim
+    hangup = store.control_json(ClaimControl("hangup", EndReason.IDLE), lease.token, 2.0)
+    assert not await store.claim_control(lease, [], hangup)
+    assert (await store.load("rtc_k")).control == refer
+
+    await leases.release(lease)
+    again = await leases.acquire("rtc_k")
+    assert again is not None
+    assert not await store.claim_control(again, [], store.control_json(refer, again.token, 3.0))
+    with pytest.raises(Stale):
+        await store.claim_control(lease, [], claim)
+
+    redis_client.set(keys.call_control("rtc_k"), "{not json")
+    unreadable = (await store.load("rtc_k")).control
+    assert unreadable is not None
+    assert (unreadable.action, unreadable.reason) == ("hangup", EndReason.ERROR)
 
 
 async def test_snapshots_round_trip_with_their_command_cursor(client: redis.asyncio.Redis) -> None:

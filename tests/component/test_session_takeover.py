@@ -243,6 +243,39 @@ async def test_a_tool_output_sent_after_the_last_snapshot_is_not_sent_again(
     assert len(stack.tool_runs()) == 1
 
 
+async def test_a_refer_the_call_decided_is_not_sent_again_by_the_next_worker(
+    stack: SessionStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's ``transfer_call``: the worker stops right after its Refer went out,
+    before the call's end or a snapshot were written; the next worker, from the older
+    snapshot, ends the call as transferred without referring the caller again."""
+    call_id = stack.place_call("transfer-to-human")
+    referred = asyncio.Event()
+    async with hosting(stack.settings, stack.policy_path, "r-old") as old:
+        refer = old.services.realtime.refer
+
+        async def refer_and_stop(refer_call_id: str, target_uri: str) -> None:
+            await refer(refer_call_id, target_uri)
+            referred.set()
+            await asyncio.Event().wait()  # stopped here, until the crash below
+
+        monkeypatch.setattr(old.services.realtime, "refer", refer_and_stop)
+        await old.take_on(call_id)
+        await asyncio.wait_for(referred.wait(), 20.0)
+        await old.crash(call_id)
+    assert stack.rdb.hget(keys.call_record(call_id), "state") == "active"
+
+    async with hosting(stack.settings, stack.policy_path, "r-new") as new:
+        await new.take_on(call_id)
+        truth = await _ended(stack, call_id)
+        assert await new.runs[call_id] is Outcome.ENDED
+    assert truth["control_requests"] == ["refer"]
+    assert truth["refer_target"] == "sip:agent@pbx.example.com"
+    record = stack.raw_record(call_id)
+    ended = (record.get("end_reason"), record.get("end_detail"))
+    assert ended == ("transferred", truth["refer_target"])
+
+
 USAGE = ResponseUsage(60, 40, 20, 0, 10, 40).as_event()
 SLOW_CLOSE_S = 1.5
 """How long the server below takes to notice our close: longer than a second."""

@@ -58,6 +58,22 @@ async def test_async_client_drives_a_call_to_its_end(emulator: EmulatorHandle) -
     assert emulator.call(hung_up)["ended_by"] == "hangup"
 
 
+def test_every_refer_and_hangup_request_is_counted_even_refused(
+    emulator: EmulatorHandle, sdk: SdkFactory
+) -> None:
+    call_id = emulator.place_call()
+    client = sdk(emulator)
+    client.realtime.calls.accept(call_id, type="realtime")
+    client.realtime.calls.refer(call_id, target_uri="tel:+14155550123")
+    with pytest.raises(openai.NotFoundError):
+        client.realtime.calls.refer(call_id, target_uri="tel:+14155550199")
+    with pytest.raises(openai.NotFoundError):
+        client.realtime.calls.hangup(call_id)
+    truth = emulator.call(call_id)
+    assert truth["control_requests"] == ["refer", "refer", "hangup"]
+    assert (truth["refer_target"], truth["ended_by"]) == ("tel:+14155550123", "refer")
+
+
 def test_reject_defaults_to_603(emulator: EmulatorHandle, sdk: SdkFactory) -> None:
     call_id = emulator.place_call()
     sdk(emulator).realtime.calls.reject(call_id)

@@ -288,6 +288,13 @@ async def test_sdk_attaches_and_answers_a_tool_call(emu: EmulatorHandle) -> None
             "at": truth["tool_outputs"][0]["at"],
         }
     ]
+    [issued] = truth["function_calls"]
+    assert (issued["call_id"], issued["name"], issued["delivered"]) == (
+        args_done.call_id,
+        "lookup_order",
+        True,
+    )
+    assert truth["created_at"] < issued["at"] < truth["tool_outputs"][0]["at"]
     assert (truth["state"], truth["ended_by"]) == ("ended", "caller")
     assert truth["attachments"][0]["closed_at"] is not None
     assert kinds.count("response.done") == truth["responses"] == 3

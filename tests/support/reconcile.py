@@ -16,6 +16,8 @@ After a run (with or without faults), ``reconcile`` checks every placed call:
   ran for (``tool_runs``, from ``tests.support.chaos_tools``' log), every tool call of
   a logging tool ran at most once, and every one answered with a tool's result (not an
   error output) really ran;
+- tools answered: every function call the model made got an output, unless the call
+  ended before one could matter (``unanswered_tool_calls``);
 - one sideband at a time: no overlapping attachments;
 - money: each call's ``cost_usd`` is the price table applied to the usage the
   emulator billed, or else the price of exactly the ``response.done`` usages it sent
@@ -58,6 +60,11 @@ EMULATOR_OVER = frozenset({"ended", "rejected", "missed"})
 SEEN: list[Reconciliation] = []
 """Every reconciliation of this process, in order (the chaos run's figures come from it)."""
 DEFAULT_MODEL = "gpt-realtime"
+ANSWER_WITHIN_S = 10.0
+"""How long a tool call's output may take and still be on time: the tool's timeout (3 s
+at most in the test policies) plus a failover (a lease's expiry, a sweep and an attach:
+about 5 s), with a margin."""
+CALL_CONTROL_TOOLS = frozenset({"transfer_call", "end_call"})
 
 
 @dataclass
@@ -73,6 +80,8 @@ class Reconciliation:
     """Tool-call ids a tool ran for more than once."""
     unrun_results: list[str] = field(default_factory=list)
     """Tool-call ids answered with a tool's result although the tool never ran for them."""
+    unanswered_tools: list[str] = field(default_factory=list)
+    """Tool-call ids the model never got an output for, although the call went on."""
     overlapping: list[str] = field(default_factory=list)
     leaked_slots: list[str] = field(default_factory=list)
     defective: list[str] = field(default_factory=list)
@@ -104,6 +113,7 @@ class Reconciliation:
             "doubled_tool_calls": len(self.doubled_tools),
             "doubled_tool_runs": len(self.doubled_tool_runs),
             "tool_results_without_a_run": len(self.unrun_results),
+            "unanswered_tool_calls": len(self.unanswered_tools),
             "overlapping_attachments": len(self.overlapping),
             "leaked_admission_slots": len(self.leaked_slots),
             "defective_calls": len(self.defective),
@@ -303,6 +313,10 @@ def _check_call(
     if doubled:
         result.doubled_tools.append(call_id)
         result.problem(f"{call_id}: tool calls answered more than once: {doubled}")
+    unanswered = unanswered_tool_calls(truth)
+    if unanswered:
+        result.unanswered_tools += unanswered
+        result.problem(f"{call_id}: tool calls never answered: {unanswered}")
     if runs is not None:
         _check_tool_runs(result, call_id, truth, issued, runs, logged_tools)
     if truth["overlapping_attachments"]:
@@ -330,6 +344,35 @@ def _check_call(
             f" ({len(reported)} responses reported, {len(counted)} counted, {drops} drops)"
         )
     return set(issued)
+
+
+def unanswered_tool_calls(truth: dict[str, Any]) -> list[str]:
+    """The ids of the tool calls the model made in a call (its emulator ground truth,
+    events included) and never got an output for, although the call went on.
+
+    Not flagged: a function call no socket took (the emulator dropped the sideband
+    instead of sending it, so no runner could know of it); one whose call ended within
+    ``ANSWER_WITHIN_S`` (its answer was not due yet: the caller gave up while the tool
+    ran or while a failover was under way); a ``transfer_call`` or ``end_call`` whose
+    call ended by our Refer or Hangup (accepted, they get no output: the call ends by
+    them, and the model needs none).
+    """
+    issued = _issued_tool_calls(truth)
+    answered = {str(out.get("call_id")) for out in truth["tool_outputs"]}
+    sent = {str(call["call_id"]): call for call in truth.get("function_calls", [])}
+    ended_at = truth.get("ended_at")
+    over_at = float(ended_at) if ended_at is not None else time.time()
+    found = []
+    for tool_id, name in sorted(issued.items()):
+        call = sent.get(tool_id)
+        if tool_id in answered or (call is not None and not call["delivered"]):
+            continue
+        if call is not None and over_at - float(call["at"]) <= ANSWER_WITHIN_S:
+            continue
+        if name in CALL_CONTROL_TOOLS and truth["ended_by"] in ("refer", "hangup"):
+            continue
+        found.append(tool_id)
+    return found
 
 
 def _check_tool_runs(

@@ -113,6 +113,7 @@ def test_every_key_of_a_call_shares_one_hash_slot() -> None:
         keys.call_tools("rtc_1"),
         keys.call_command_results("rtc_1"),
         keys.call_command_claims("rtc_1"),
+        keys.call_control("rtc_1"),
         keys.call_lease("rtc_1"),
         keys.call_fence("rtc_1"),
     ]

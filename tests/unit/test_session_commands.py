@@ -18,6 +18,7 @@ from tests.support.session_driver import (
 from workers.sessions.client_events import session_update
 from workers.sessions.effects import (
     ClaimCommand,
+    ClaimControl,
     CommandDone,
     EndCall,
     Hangup,
@@ -140,6 +141,13 @@ def test_transfer_without_announcement_refers_at_once() -> None:
     effects = d.command("cmd_1", "transfer", target="sip:agent@example.com")
     assert without_persist(effects) == [
         ClaimCommand("cmd_1"),
+        ClaimControl(
+            "refer",
+            EndReason.TRANSFERRED,
+            "sip:agent@example.com",
+            "sip:agent@example.com",
+            "cmd_1",
+        ),
         Refer("sip:agent@example.com"),
         CommandDone("cmd_1", True, "referred to sip:agent@example.com"),
         Observe("command_latency_s", 0.0),

@@ -16,6 +16,7 @@ from tests.support.session_driver import (
     Driver,
     creates,
     instructions,
+    make_plan,
     of_type,
     sends,
     without_persist,
@@ -23,9 +24,11 @@ from tests.support.session_driver import (
 from workers.sessions.client_events import function_call_output, output_item_id
 from workers.sessions.effects import (
     ClaimCommand,
+    ClaimControl,
     CommandDone,
     Effect,
     EndCall,
+    Hangup,
     OutputDelivered,
     Refer,
     RunTool,
@@ -41,12 +44,13 @@ def _taken_over(
     results: Mapping[str, tuple[bool, str]] | None = None,
     claimed: Iterable[str] = (),
     ledger: Mapping[str, LedgerEntry] | None = None,
+    control: ClaimControl | None = None,
 ) -> tuple[Driver, list[Effect]]:
     """A new core restored from ``before``'s snapshot, told what Redis knows."""
     core = SessionProtocol.restore(before.plan, before.core.snapshot())
     after = Driver(before.plan, core=core)
     after.now = before.now + 3.0
-    effects = core.on_taken_over(results or {}, claimed, ledger or {}, after.now)
+    effects = core.on_taken_over(results or {}, claimed, ledger or {}, after.now, control=control)
     after.log.extend(effects)
     return after, effects
 
@@ -120,6 +124,76 @@ def test_a_finale_whose_command_has_an_outcome_already_ended_the_call() -> None:
     assert of_type(effects, EndCall) == [EndCall(EndReason.TRANSFERRED, "sip:sales@example.com")]
     assert of_type(after.log, Refer) == []
     assert after.core.next_deadline() is None
+
+
+def test_a_refer_or_hangup_is_claimed_right_before_it_goes_out() -> None:
+    d = Driver()
+    d.attach()
+    d.created("resp_tool")
+    d.function_call("call_1", "transfer_call", '{"target": "desk"}')
+    effects = without_persist(d.done("resp_tool"))
+    uri = "tel:+14155550123"
+    assert effects[:2] == [
+        ClaimControl("refer", EndReason.TRANSFERRED, uri, uri),
+        Refer(uri),
+    ]
+    hangup = Driver(make_plan(finale_timeout_s=10))
+    hangup.attach()
+    hangup.command("cmd_1", "hangup", goodbye="Bye.")
+    effects = hangup.at(10).tick()
+    claim = ClaimControl("hangup", EndReason.OPERATOR_HANGUP, command_id="cmd_1")
+    assert of_type(effects, ClaimControl) == [claim]
+    assert effects.index(claim) + 1 == effects.index(Hangup())
+
+
+def _transfer_call_pending() -> Driver:
+    """A call whose ``transfer_call`` waits for the agent's words to end (the snapshot)."""
+    before = Driver(make_plan(finale_timeout_s=10))
+    before.attach()
+    before.created("resp_tool")
+    before.event("output_audio_buffer.started", response_id="resp_tool")
+    before.function_call("call_1", "transfer_call", '{"target": "sales"}')
+    assert before.core.state.finale is not None
+    return before
+
+
+def test_a_refer_claimed_after_the_snapshot_is_not_sent_again() -> None:
+    """The snapshot still holds the finale; the claim says its Refer went out."""
+    uri = "sip:sales@example.com"
+    claim = ClaimControl("refer", EndReason.TRANSFERRED, uri, uri)
+    after, effects = _taken_over(_transfer_call_pending(), control=claim)
+    assert of_type(effects, EndCall) == [EndCall(EndReason.TRANSFERRED, uri)]
+    assert after.core.next_deadline() is None
+    assert after.at(60.0).tick() == []
+    assert after.attach(fresh=False) == []
+    assert of_type(after.log, Refer) == []
+    # Without the claim, the same snapshot refers the caller again at its deadline.
+    again, _ = _taken_over(_transfer_call_pending())
+    assert of_type(again.at(60.0).tick(), Refer) == [Refer(uri)]
+
+
+def test_the_command_a_claimed_control_carried_out_is_done_not_interrupted() -> None:
+    """The command and its Refer both came after the snapshot: only claims know them."""
+    before = Driver()
+    before.attach()
+    uri = "sip:sales@example.com"
+    claim = ClaimControl("refer", EndReason.TRANSFERRED, uri, uri, "cmd_1")
+    after, effects = _taken_over(before, claimed=["cmd_1"], control=claim)
+    assert of_type(effects, CommandDone) == [CommandDone("cmd_1", True, f"referred to {uri}")]
+    assert of_type(effects, EndCall) == [EndCall(EndReason.TRANSFERRED, uri)]
+    again = after.command("cmd_1", "transfer", target="sales")
+    assert of_type(again, Refer) == []
+    assert of_type(again, CommandDone) == [CommandDone("cmd_1", True, f"referred to {uri}")]
+
+
+def test_a_hangup_claimed_at_the_hard_stop_ends_the_call_with_its_reason() -> None:
+    before = Driver(make_plan(max_duration_s=30.0))
+    before.attach()
+    claim = ClaimControl("hangup", EndReason.MAX_DURATION)
+    after, effects = _taken_over(before, control=claim)
+    assert of_type(effects, EndCall) == [EndCall(EndReason.MAX_DURATION)]
+    assert of_type(after.at(31.0).tick(), Hangup) == []
+    assert of_type(after.log, Hangup) == []
 
 
 def test_every_tool_call_left_open_is_answered_once() -> None:

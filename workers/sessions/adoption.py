@@ -6,7 +6,8 @@ previous worker saved (failover, hand-over, crash), or fresh. The call joins thi
 runner's call set and its record names this runner as ``owner`` (fenced); the previous
 owner's set loses it. Tools the snapshot shows as still running get the outcome the
 ledger holds, if the previous worker finished them after its last snapshot. A snapshot
-that says the call ended while the record does not gets its ``EndCall`` again.
+that says the call ended while the record does not gets its ``EndCall`` again; so does
+a call whose Refer or Hangup was claimed (the claim's reason), which is not sent again.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ async def adopt(services: SessionServices, record: CallRecord, lease: Lease) -> 
         # compare-and-set, the outcome counted once per call).
         logger.warning("call %s ended without its final record; finishing it", call_id)
     taken_over = core.on_taken_over(
-        stored.command_results, stored.command_claims, stored.tools, time.time()
+        stored.command_results,
+        stored.command_claims,
+        stored.tools,
+        time.time(),
+        control=stored.control,
     )
     if ended is not None:
         taken_over.append(EndCall(ended, "finished after a takeover"))

@@ -24,7 +24,10 @@ the end of the batch. What each effect becomes:
   background, feed its outcome back, then record it; a claimed id is never run again.
   The worker starts it as soon as the core asks (``start_tool``), not in turn: it
   only starts a task, and the claim need not wait for the batch ahead of it;
-- ``Refer`` / ``Hangup``: the REST call-control endpoints;
+- ``ClaimControl``: the call's Refer or Hangup claimed in Redis
+  (``SessionStore.claim_control``), in the fenced write just before the request;
+- ``Refer`` / ``Hangup``: the REST call-control endpoints, only after this worker's
+  own claim: a call already claimed (or a lost lease) sends nothing;
 - ``EndCall``: the final record (fenced compare-and-set to ``ended``), the admission slot
   released, the outcome counted, the post-call task queued, the socket closed soon;
 - ``Observe``: runner metrics; ``ClaimCommand``: the command's claim, written before
@@ -54,6 +57,7 @@ from workers.sessions.effects import (
     AccrueUsage,
     AppendTranscript,
     ClaimCommand,
+    ClaimControl,
     CommandDone,
     Effect,
     EndCall,
@@ -101,6 +105,8 @@ class CallEffects:
         their output may go out again (``SessionStore.answer_tool(again=True)``)."""
         self._biller: Biller[AccrueUsage] = Biller(self._accrue, f"bills of {worker.call_id}")
         self._closing: asyncio.TimerHandle | None = None
+        self._claimed: ClaimControl | None = None
+        """The control claim this worker just wrote, for the Refer or Hangup after it."""
         self._accounting = AsyncAccounting(worker.services.redis, worker.plan.price_table)
 
     def note(self, event: str, **fields: object) -> None:
@@ -127,6 +133,10 @@ class CallEffects:
                 # Written before anything the command causes (the next effects).
                 ops += store.command_claim_op(w.call_id, effect.command_id, w.lease.token)
                 await self._write(ops)
+                ops = []
+            elif isinstance(effect, ClaimControl):
+                # The write that precedes the request (the next effect) carries the claim.
+                self._claimed = effect if await self._claim_control(ops, effect) else None
                 ops = []
             elif isinstance(effect, CommandDone):
                 # Command results live in a script of their own (first answer wins);
@@ -243,8 +253,23 @@ class CallEffects:
         except (SwitchboardError, ValueError, *TRANSIENT_ERRORS) as exc:
             logger.error("call %s: usage of %s not counted: %s", w.call_id, effect.response_id, exc)
 
+    async def _claim_control(self, ops: list[Op], claim: ClaimControl) -> bool:
+        w = self._w
+        store, lease = w.services.store, w.lease
+        value = store.control_json(claim, lease.token, time.time())
+        claimed = await through_outage(
+            lambda: store.claim_control(lease, ops, value), deadline_s=OUTAGE_S
+        )
+        if not claimed:
+            logger.warning("call %s: its %s was claimed already", w.call_id, claim.action)
+        return claimed
+
     async def _control(self, effect: Refer | Hangup) -> None:
         w = self._w
+        claim, self._claimed = self._claimed, None
+        if claim is None:
+            logger.warning("call %s: %s not sent, unclaimed", w.call_id, type(effect).__name__)
+            return
         try:
             if isinstance(effect, Refer):
                 await w.services.realtime.refer(w.call_id, effect.target_uri)

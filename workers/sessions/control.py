@@ -17,6 +17,7 @@ from workers.sessions.client_events import function_call_output, say_instruction
 from workers.sessions.commands import Command, DoHangup, DoSay, DoUpdate, parse_command
 from workers.sessions.effects import (
     ClaimCommand,
+    ClaimControl,
     CommandDone,
     Effect,
     EndCall,
@@ -217,19 +218,23 @@ class CallControl:
         self.fire(now_s)
 
     def fire(self, now_s: float) -> None:
-        """Carry out the pending finale: Refer or Hangup, acknowledge, end."""
+        """Carry out the pending finale: claim the Refer or Hangup (``ClaimControl``), send
+        it, acknowledge, end."""
         s = self._s
         finale, s.finale = s.finale, None
         if finale is None or s.ended:
             return
-        if finale.action == "refer" and finale.target_uri is not None:
-            self._out.append(Refer(finale.target_uri))
-            done = f"referred to {finale.target_uri}"
-        else:
-            self._out.append(Hangup())
-            done = "hung up"
+        uri = finale.target_uri if finale.action == "refer" else None
+        claim = ClaimControl(
+            "refer" if uri is not None else "hangup",
+            finale.reason,
+            finale.detail,
+            uri,
+            finale.command_id,
+        )
+        self._out += [claim, Refer(uri) if uri is not None else Hangup()]
         if finale.command_id is not None:
-            self.complete(finale.command_id, True, done, now_s, finale.command_at)
+            self.complete(finale.command_id, True, claim.done, now_s, finale.command_at)
         self.end(finale.reason, finale.detail, now_s)
 
     def end(self, reason: EndReason, detail: str | None, now_s: float) -> None:

@@ -5,7 +5,8 @@ a list of these small values, in the order they must be carried out. The adapter
 ``Send`` events on the sideband, calls the REST endpoints for ``Refer`` and ``Hangup``,
 runs tools for ``RunTool`` and feeds their outcome back, writes transcripts, usage and
 call records, records metrics for ``Observe``, notes a command it starts applying on
-``ClaimCommand``, acknowledges commands on ``CommandDone`` and saves
+``ClaimCommand`` and the call's Refer or Hangup on ``ClaimControl``, acknowledges
+commands on ``CommandDone`` and saves
 ``SessionProtocol.snapshot()`` when it sees ``Persist``.
 """
 
@@ -116,6 +117,26 @@ class ClaimCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimControl:
+    """Note the call's Refer or Hangup (the next effect) and how the call ends by it,
+    before the request: the request goes out only if this is the call's first such note,
+    and a runner that takes the call over finds it and ends the call as it says, never
+    sending the request again."""
+
+    action: Literal["refer", "hangup"]
+    reason: EndReason
+    detail: str | None = None
+    target_uri: str | None = None
+    command_id: str | None = None
+    """The operator command the Refer or Hangup carries out, if any."""
+
+    @property
+    def done(self) -> str:
+        """The outcome of the command it carries out."""
+        return f"referred to {self.target_uri}" if self.action == "refer" else "hung up"
+
+
+@dataclass(frozen=True, slots=True)
 class CommandDone:
     """Acknowledge an operator command with its outcome (``ok`` false: nothing was done)."""
 
@@ -140,6 +161,7 @@ Effect = (
     | EndCall
     | Observe
     | ClaimCommand
+    | ClaimControl
     | CommandDone
     | Persist
 )

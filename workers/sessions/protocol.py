@@ -33,6 +33,9 @@ Decisions worth knowing:
   applied again; every tool-call id the ledger or the snapshot left open is answered
   (the recorded output, or an error when the outcome is unknown), a tool never claimed
   is run, and an output sent but never echoed by the API is sent again (same item id).
+  A Refer or Hangup the previous worker claimed (``ClaimControl``) is never sent again:
+  the call ends at once as the claim says, and the command it carried out, if any, is
+  acknowledged as done.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from shared.models import EndReason
 from workers.sessions.client_events import error_output
 from workers.sessions.commands import Command
 from workers.sessions.control import CallControl
-from workers.sessions.effects import CommandDone, Effect, RunTool
+from workers.sessions.effects import ClaimControl, CommandDone, Effect, RunTool
 from workers.sessions.events import ServerEvents
 from workers.sessions.plan import SessionPlan
 from workers.sessions.state import SessionState
@@ -173,16 +176,37 @@ class SessionProtocol:
         claimed: Iterable[str],
         ledger: Mapping[str, LedgerEntry],
         now_s: float,
+        control: ClaimControl | None = None,
     ) -> list[Effect]:
         """What Redis knows beyond the restored snapshot, which may be a little older.
 
         ``results``: the outcome recorded for each command id; ``claimed``: the ids a
-        worker started applying; ``ledger``: the tool ledger. Call it once, before the
-        first attach (see the module docstring).
+        worker started applying; ``ledger``: the tool ledger; ``control``: the call's
+        Refer or Hangup, if a worker claimed one. Call it once, before the first attach
+        (see the module docstring).
         """
+        self._adopt_control(control, results, now_s)
         self._adopt_commands(results, claimed, now_s)
         self._adopt_tools(ledger, now_s)
         return self._c.drain(now_s)
+
+    def _adopt_control(
+        self,
+        claim: ClaimControl | None,
+        results: Mapping[str, tuple[bool, str]],
+        now_s: float,
+    ) -> None:
+        """The Refer or Hangup went out (or was about to): the call is over as it says."""
+        s = self._s
+        if claim is None or s.ended:
+            return
+        cid = claim.command_id
+        finale = s.finale
+        if finale is not None and (finale.command_id == cid or finale.command_id in results):
+            s.finale = None  # the finale it came from, or one settled before it
+        if cid is not None and cid not in s.commands and cid not in results:
+            self._c.complete(cid, True, claim.done, now_s, None)
+        self._c.end(claim.reason, claim.detail, now_s)
 
     def _adopt_commands(
         self, results: Mapping[str, tuple[bool, str]], claimed: Iterable[str], now_s: float

@@ -31,12 +31,22 @@ such a resend, or to its own take-back. The command claims
 effects (``command_claim_op``). A transcript line also counts its turn in the record
 (``transcript_op``), so counts and transcript agree whatever the snapshot says.
 
+The call's Refer or Hangup is claimed (``claim_control``, ``keys.call_control``) in
+the fenced write just before its REST request, set only if no claim exists yet::
+
+    {"action": "refer" | "hangup", "reason": end reason, "detail", "target_uri",
+     "command_id", "token": n, "at": unix s}
+
+so the request goes out at most once per call, and a runner taking the call over ends
+it as the claim says instead of deciding the end again from an older snapshot.
+
 ``load`` reads what a runner taking a call on needs, in one round trip: the snapshot,
-the command outcomes and claims, and the tool ledger.
+the command outcomes and claims, the tool ledger and the control claim.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,8 +59,11 @@ from shared import keys
 from shared.command_rules import parse_result
 from shared.models import CallState, EndReason, encode_value
 from shared.pricing import Cost
+from workers.sessions.effects import ClaimControl
 from workers.sessions.lease import Lease, Leases, Op, Transition
 from workers.sessions.tools import LedgerEntry, LedgerState
+
+logger = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 1
 LIVE_STATES = (CallState.ACCEPTING, CallState.ACTIVE, CallState.TRANSFERRING)
@@ -110,6 +123,7 @@ class StoredSession:
     command_results: dict[str, tuple[bool, str]] = field(default_factory=dict)
     command_claims: frozenset[str] = frozenset()
     tools: dict[str, LedgerEntry] = field(default_factory=dict)
+    control: ClaimControl | None = None
 
 
 class SessionStore:
@@ -133,7 +147,8 @@ class SessionStore:
         pipe.hgetall(keys.call_command_results(call_id))
         pipe.hkeys(keys.call_command_claims(call_id))
         pipe.hgetall(keys.call_tools(call_id))
-        snapshot, results, claims, tools = await pipe.execute()
+        pipe.get(keys.call_control(call_id))
+        snapshot, results, claims, tools, control = await pipe.execute()
         outcomes: dict[str, tuple[bool, str]] = {}
         for command_id, raw in results.items():
             try:
@@ -146,6 +161,7 @@ class SessionStore:
             command_results=outcomes,
             command_claims=frozenset(_text(command_id) for command_id in claims),
             tools={_text(tool_call_id): _entry_from(raw) for tool_call_id, raw in tools.items()},
+            control=_control_from(call_id, control) if control is not None else None,
         )
 
     async def tool_entry(self, call_id: str, tool_call_id: str) -> LedgerEntry | None:
@@ -209,6 +225,30 @@ class SessionStore:
     def command_claim_op(call_id: str, command_id: str, token: int) -> list[Op]:
         key = keys.call_command_claims(call_id)
         return [("HSET", key, command_id, token), ("EXPIRE", key, keys.CALL_TTL_S)]
+
+    @staticmethod
+    def control_json(claim: ClaimControl, token: int, at: float) -> str:
+        """The stored form of a control claim (``claim_control``)."""
+        body = {
+            "action": claim.action,
+            "reason": claim.reason.value,
+            "detail": claim.detail,
+            "target_uri": claim.target_uri,
+            "command_id": claim.command_id,
+            "token": token,
+            "at": at,
+        }
+        return orjson.dumps(body).decode()
+
+    async def claim_control(self, lease: Lease, ops: Iterable[Op], claim: str) -> bool:
+        """Run ``ops`` and set the call's control claim (``control_json``) in one fenced
+        script; true if the claim is this one: set now, or by an earlier try of this very
+        claim whose answer was lost. Raises ``Stale``."""
+        key = keys.call_control(lease.call_id)
+        replies = await self.leases.fenced(
+            lease, [*ops, ("SET", key, claim, "NX", "EX", keys.CALL_TTL_S), ("GET", key)]
+        )
+        return replies[-1] is not None and _text(replies[-1]) == claim
 
     async def write(self, lease: Lease, ops: Iterable[Op], *, check: bool = False) -> None:
         """Run ``ops`` in one fenced script; raises ``Stale``. ``check``: even with none."""
@@ -314,6 +354,22 @@ def _snapshot_from(raw: Any) -> dict[str, Any] | None:
         return None
     data = orjson.loads(raw)
     return data if isinstance(data, dict) else None
+
+
+def _control_from(call_id: str, raw: Any) -> ClaimControl:
+    """A stored control claim; one that cannot be read still means a Refer or Hangup may
+    have gone out: the call ends with ``error`` rather than risk a second one."""
+    try:
+        data = orjson.loads(raw)
+        action = data["action"]
+        if action not in ("refer", "hangup"):
+            raise ValueError(f"unknown action {action!r}")
+        fields = [data.get(name) for name in ("detail", "target_uri", "command_id")]
+        detail, target_uri, command_id = (f if isinstance(f, str) else None for f in fields)
+        return ClaimControl(action, EndReason(data["reason"]), detail, target_uri, command_id)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        logger.error("call %s: unreadable control claim: %s", call_id, exc)
+        return ClaimControl("hangup", EndReason.ERROR, "unreadable control claim")
 
 
 def _entry_json(
