@@ -27,6 +27,7 @@ from emulator.usage import ResponseUsage
 from shared import keys
 from shared.policy_file import PolicySource
 from shared.pricing import cost_of, default_price_table
+from shared.realtime_client import AsyncRealtimeClient
 from shared.settings import Settings
 from shared.store import AsyncCallStore, CallStore
 from tests.support.control import create_incoming
@@ -322,3 +323,31 @@ async def test_usage_sent_while_a_worker_lets_go_of_its_socket_is_counted(
     expected = cost_of(USAGE, "gpt-realtime", default_price_table()).total_usd
     assert Decimal(str(rdb.hget(keys.call_record(call_id), "cost_usd"))) == expected > 0
     rdb.close()
+
+
+class RefusedRefer(AsyncRealtimeClient):
+    """Real requests to the emulator, each refer with a target it refuses (400)."""
+
+    async def refer(self, call_id: str, target_uri: str) -> None:
+        await super().refer(call_id, "mailto:" + target_uri)
+
+
+async def test_a_transfer_the_api_refuses_is_reported_as_failed(stack: SessionStack) -> None:
+    """The core acknowledges a transfer with its request; the result tells the truth."""
+    call_id = stack.place_call("steady-call")
+    async with hosting(stack.settings, stack.policy_path, "r-refused") as host:
+        worker = await host.take_on(call_id)
+        await wait_until_async(lambda: worker.socket is not None, 10.0, "the sideband attached")
+        refused = RefusedRefer(stack.emu.api_url, stack.emu.api_key)
+        good, host.services.realtime = host.services.realtime, refused
+        try:
+            commands = host.services.commands
+            moved = await commands.enqueue_command(call_id, "transfer", {"target": "human"})
+            result = await commands.wait_result(call_id, moved, 10.0)
+        finally:
+            host.services.realtime = good
+            await refused.aclose()
+        assert result is not None
+        assert not result.ok
+        assert result.detail.startswith("refer refused by the API"), result.detail
+        assert stack.emu.call(call_id, events=False)["refer_target"] is None

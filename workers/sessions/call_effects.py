@@ -106,6 +106,8 @@ class CallEffects:
         self._biller: Biller[AccrueUsage] = Biller(self._accrue, f"bills of {worker.call_id}")
         self._closing: asyncio.TimerHandle | None = None
         self._claimed: ClaimControl | None = None
+        self._control_failed: dict[str, str] = {}
+        """Operator commands whose Refer or Hangup the API refused: command id -> why."""
         """The control claim this worker just wrote, for the Refer or Hangup after it."""
         self._accounting = AsyncAccounting(worker.services.redis, worker.plan.price_table)
 
@@ -143,12 +145,12 @@ class CallEffects:
                 # checking the lease just before keeps a stale worker out of them.
                 await self._write(ops, check=True)
                 ops = []
+                # The core acknowledges a transfer or hangup with its request; the result
+                # says so only if the API carried the request out.
+                failed = self._control_failed.pop(effect.command_id, None)
+                ok, detail = (False, failed) if failed is not None else (effect.ok, effect.detail)
                 await self._patiently(
-                    services.commands.record_result,
-                    w.call_id,
-                    effect.command_id,
-                    effect.ok,
-                    effect.detail,
+                    services.commands.record_result, w.call_id, effect.command_id, ok, detail
                 )
             elif isinstance(effect, OutputDelivered):
                 call = w.core.state.tools.get(effect.tool_call_id)
@@ -278,8 +280,11 @@ class CallEffects:
         except CallGone:
             logger.info("call %s was already gone for %s", w.call_id, type(effect).__name__)
         except SwitchboardError as exc:
-            logger.error("call %s: %s failed: %s", w.call_id, type(effect).__name__, exc)
-            self.note("control_failed", action=type(effect).__name__.lower(), error=str(exc))
+            action = type(effect).__name__.lower()
+            logger.error("call %s: %s failed: %s", w.call_id, action, exc)
+            self.note("control_failed", action=action, error=str(exc))
+            if claim.command_id is not None:
+                self._control_failed[claim.command_id] = f"{action} refused by the API: {exc}"
 
     async def _end(self, effect: EndCall) -> None:
         w = self._w
