@@ -26,7 +26,8 @@ API answers the repeat with 404 (``CallGone.after_lost_answer``). So may the att
 an earlier run of the same task (a resumed claim: the worker died before recording).
 A 404 after either is ambiguous: an accept that ends so counts as accepted (the call is
 handed to the runners, and if the caller was in fact gone the runner's attach is refused
-with 404 and the runner records it); a reject that ends so counts as rejected.
+with 404 and the runner records it, ``caller_gone``); such a call's record carries
+``accept_unconfirmed``. A reject that ends so counts as rejected.
 
 Hand-over to runners: the record gets ``profile``, ``route``, ``accepted_at`` and the
 rendered ``greeting`` (if the profile has one), then the call id is LPUSHed onto
@@ -132,6 +133,10 @@ class RouteResult:
     retry_in_s: float | None = None
 
 
+ACCEPT_UNCONFIRMED = "accept_unconfirmed"
+"""Record field of a call taken as accepted on an ambiguous 404 (the API may not have it)."""
+
+
 def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> RouteResult:
     """Route one incoming call; ``claim`` is the id of the task doing it, on ``worker``."""
     # One round trip: claimed now or resumed under the same task id, the record comes back.
@@ -179,7 +184,7 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
     body = session_body(decision.profile, profile, policy, facts)
     if ctl.metrics is not None:
         ctl.metrics.call_setup_s.observe(max(0.0, ctl.clock() - record.created_at))
-    outcome = _accept(ctl, call_id, body, resumed=resumed)
+    outcome, unconfirmed = _accept(ctl, call_id, body, resumed=resumed)
     if outcome is not Outcome.ACCEPTED:
         return RouteResult(outcome)
     greeting = (
@@ -192,6 +197,8 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
         "accepted_at": accepted_at,
         "greeting": greeting,
     }
+    if unconfirmed:
+        fields[ACCEPT_UNCONFIRMED] = True
     ctl.store.update_and_push(
         call_id, fields, only_in=[CallState.ACCEPTING], queue=keys.PENDING_CALLS
     )
@@ -200,20 +207,25 @@ def route_call(ctl: Control, call_id: str, claim: str, worker: str = "") -> Rout
     return RouteResult(Outcome.ACCEPTED)
 
 
-def _accept(ctl: Control, call_id: str, body: dict[str, object], *, resumed: bool) -> Outcome:
+def _accept(
+    ctl: Control, call_id: str, body: dict[str, object], *, resumed: bool
+) -> tuple[Outcome, bool]:
+    """The outcome, and whether an accepted call's accept is unconfirmed (an ambiguous
+    404: see the module docstring)."""
     try:
         ctl.realtime.accept(call_id, body)
     except CallGone as err:
         if not (err.after_lost_answer or resumed):
-            return _give_up(ctl, call_id, err)
+            return _give_up(ctl, call_id, err), False
         # An attempt of ours may have answered the call; the runner's attach finds out.
         logger.warning("route %s: %s; taken as accepted", call_id, err)
+        return Outcome.ACCEPTED, True
     except FatalError as err:
-        return _give_up(ctl, call_id, err)
+        return _give_up(ctl, call_id, err), False
     except BaseException:
         ctl.admission.release(call_id)
         raise
-    return Outcome.ACCEPTED
+    return Outcome.ACCEPTED, False
 
 
 def _reject(ctl: Control, call_id: str, decision: Reject, *, resumed: bool) -> Outcome:

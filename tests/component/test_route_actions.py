@@ -207,6 +207,18 @@ def test_an_accept_that_went_through_before_a_lost_answer_counts(
     assert answer.status_code == 200
     assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
     assert ctl.redis.lrange(keys.PENDING_CALLS, 0, -1) == [call_id]
+    # The 404 might as well have meant the caller left: the record says it is unsure.
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert (record.model_extra or {})[actions.ACCEPT_UNCONFIRMED] == "1"
+
+
+def test_a_fresh_accept_is_confirmed(ctl: Control, emu: EmulatorHandle) -> None:
+    call_id = incoming(ctl, emu)
+    assert actions.route_call(ctl, call_id, claim="task-1").outcome is Outcome.ACCEPTED
+    record = ctl.store.get(call_id)
+    assert record is not None
+    assert actions.ACCEPT_UNCONFIRMED not in (record.model_extra or {})
 
 
 def test_a_reject_that_went_through_before_the_task_was_cut_off_counts(

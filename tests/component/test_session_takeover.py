@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
@@ -351,3 +352,23 @@ async def test_a_transfer_the_api_refuses_is_reported_as_failed(stack: SessionSt
         assert not result.ok
         assert result.detail.startswith("refer refused by the API"), result.detail
         assert stack.emu.call(call_id, events=False)["refer_target"] is None
+
+
+async def test_a_call_gone_before_its_first_attach_ends_caller_gone(stack: SessionStack) -> None:
+    """Accepted, then over at the API before any runner attached: the attach hears 404."""
+    call_id = stack.place_call("steady-call")
+    gone = httpx.post(
+        f"{stack.emu.api_url}/realtime/calls/{call_id}/hangup",
+        headers={"Authorization": f"Bearer {stack.emu.api_key}"},
+    )
+    assert gone.status_code == 200
+    async with hosting(stack.settings, stack.policy_path, "r-late") as host:
+        await host.take_on(call_id)
+        await wait_until_async(
+            lambda: stack.rdb.hget(keys.call_record(call_id), "state") == "ended",
+            10.0,
+            "the call recorded ended",
+        )
+    record = stack.raw_record(call_id)
+    assert record["end_reason"] == "caller_gone"
+    assert stack.emu.call(call_id, events=False)["attachments"] == []

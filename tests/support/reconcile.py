@@ -5,8 +5,9 @@ After a run (with or without faults), ``reconcile`` checks every placed call:
 - accounted for: the call record exists and is terminal, with an end reason; the
   emulator's call is over too (ended, rejected or missed);
 - the two sides agree: a call the API accepted is not recorded as failed or rejected,
-  a call recorded as accepted was accepted by the API, a rejected call has the same
-  SIP code on both sides;
+  a call recorded as accepted was accepted by the API (unless the record says its
+  accept is unconfirmed, an ambiguous 404, and it ended ``caller_gone``), a rejected
+  call has the same SIP code on both sides;
 - accepted cleanly: the emulator found no defect in an accepted call (an accept or
   ``session.update`` that overrides the SIP audio format, see ``emulator.calls``);
 - decided once: at most one successful accept and one successful reject per call
@@ -44,7 +45,7 @@ import redis
 
 from shared import keys
 from shared.accounting import Accounting
-from shared.models import CallRecord
+from shared.models import CallRecord, EndReason
 from shared.pricing import (
     PriceTable,
     TokenCounts,
@@ -55,6 +56,7 @@ from shared.pricing import (
 from tests.support.chaos_stack import RestRecorder
 from tests.support.chaos_tools import LOGGED_TOOLS
 from tests.support.emulator import EmulatorHandle
+from workers.actions import ACCEPT_UNCONFIRMED
 
 EMULATOR_OVER = frozenset({"ended", "rejected", "missed"})
 SEEN: list[Reconciliation] = []
@@ -93,6 +95,8 @@ class Reconciliation:
     emulator_states: Counter[str] = field(default_factory=Counter)
     accept_statuses: Counter[int] = field(default_factory=Counter)
     repeat_decisions: int = 0
+    unconfirmed_accepts: int = 0
+    """Calls taken as accepted on an ambiguous 404 that the API turned out not to have."""
     """Accepts and rejects of an already decided call (each refused, changing nothing)."""
     tool_calls: int = 0
     tool_outputs: int = 0
@@ -124,6 +128,7 @@ class Reconciliation:
             "emulator_states": dict(self.emulator_states),
             "accept_statuses": {str(k): v for k, v in sorted(self.accept_statuses.items())},
             "repeat_decisions": self.repeat_decisions,
+            "unconfirmed_accepts_found_gone": self.unconfirmed_accepts,
             "tool_calls": self.tool_calls,
             "tool_outputs": self.tool_outputs,
             "tool_runs": self.tool_runs,
@@ -287,7 +292,13 @@ def _check_call(
     if accepted_by_api and record.state.value in ("failed", "rejected"):
         result.problem(f"{call_id}: accepted by the API but recorded {record.state.value}")
     if record.accepted_at is not None and not accepted_by_api:
-        result.problem(f"{call_id}: recorded as accepted but the API never accepted it")
+        # Taken as accepted on an ambiguous 404 (workers.actions): fine if it says so and
+        # the runner's attach then found the call gone.
+        unconfirmed = (record.model_extra or {}).get(ACCEPT_UNCONFIRMED) == "1"
+        if unconfirmed and record.end_reason == EndReason.CALLER_GONE:
+            result.unconfirmed_accepts += 1
+        else:
+            result.problem(f"{call_id}: recorded as accepted but the API never accepted it")
     if accepted_by_api and truth["defects"]:
         result.defective.append(call_id)
         result.problem(f"{call_id}: defects at the emulator: {truth['defects']}")

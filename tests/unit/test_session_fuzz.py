@@ -243,7 +243,9 @@ _op = st.one_of(
         st.just("result"),
         st.tuples(st.sampled_from(["call_1", "call_2", "zz"]), st.text(max_size=5), st.booleans()),
     ),
-    st.tuples(st.just("closed"), st.sampled_from(["caller", "drop", "drop", "drop", "error"])),
+    st.tuples(
+        st.just("closed"), st.sampled_from(["caller", "gone", "drop", "drop", "drop", "error"])
+    ),
     st.tuples(st.just("attach"), st.booleans()),
     st.tuples(st.just("failover"), st.none()),
 )

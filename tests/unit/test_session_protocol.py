@@ -233,7 +233,12 @@ def test_caller_hangup_ends_once_and_silences_the_core() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "ended"),
-    [("caller", EndReason.CALLER_HANGUP), ("error", EndReason.ERROR), ("drop", None)],
+    [
+        ("caller", EndReason.CALLER_HANGUP),
+        ("gone", EndReason.CALLER_GONE),
+        ("error", EndReason.ERROR),
+        ("drop", None),
+    ],
 )
 def test_closed_reasons(reason: Any, ended: EndReason | None) -> None:
     d = Driver()

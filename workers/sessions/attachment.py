@@ -65,6 +65,10 @@ class Attachment:
                         continue
                     verdict = "error"
                 logger.info("call %s: %s; the session ends (%s)", w.call_id, exc, verdict)
+                if verdict == "caller" and self._activate:
+                    # Never attached: the call was over before its session began.
+                    w.feed(core.on_closed(time.time(), "gone"))
+                    return
                 w.feed(core.on_closed(time.time(), verdict))
                 return
             failures, failing_since = 0, 0.0

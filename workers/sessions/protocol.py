@@ -56,7 +56,9 @@ from workers.sessions.tools import UNKNOWN_OUTCOME, LedgerEntry, ToolCall
 INTERRUPTED = "interrupted by a failover; not applied again"
 """The outcome of a command a previous worker started applying and never finished."""
 
-ClosedReason = Literal["caller", "drop", "error"]
+ClosedReason = Literal["caller", "gone", "drop", "error"]
+"""How the sideband closed: the caller hung up, the API had no such call when the
+session first attached (``gone``: the caller left before it started), a drop, an error."""
 """``caller``: the call is over (the caller hung up); ``drop``: the socket was lost and
 will be re-attached; ``error``: the session failed and cannot go on."""
 
@@ -279,6 +281,8 @@ class SessionProtocol:
             self._c.end(finale.reason, finale.detail, now_s)
         elif reason == "caller":
             self._c.end(EndReason.CALLER_HANGUP, None, now_s)
+        elif reason == "gone":
+            self._c.end(EndReason.CALLER_GONE, "no such call at the API at the first attach", now_s)
         elif reason == "error":
             self._c.end(EndReason.ERROR, "session closed with an error", now_s)
         self._c.dirty = True
