@@ -376,7 +376,10 @@ class CallEffects:
                 written, holder = await self._patiently(
                     store.request_tool, w.call_id, call, w.services.runner_id
                 )
-                if not written or holder is None or holder == w.lease:
+                if not written:
+                    continue
+                if holder is None or holder == w.lease:  # whoever takes it on loads it
+                    logger.info("call %s: %s left to its next runner", w.call_id, call.call_id)
                     continue
                 logger.info("call %s: %s left to %s", w.call_id, call.call_id, holder.runner_id)
                 await self._patiently(commands.wake, holder.runner_id, w.call_id)
