@@ -27,13 +27,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from emulator.context import EmulatorContext
 from emulator.model import ScriptedModel
 from emulator.response import ScriptedResponse, event
-from emulator.state import Attachment, EmulatedCall
+from emulator.state import Attachment, ClosedBy, EmulatedCall
 
 THINK_S = 0.3
 """Scenario seconds between ``response.created`` and the first output."""
 TEXT_DELTA_S = 0.05
 _MALFORMED = ('{"type": "response.output_audio_transcript.delta", "delta": "', "unknown")
 _SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+ABNORMAL_CLOSE = 1006
+"""The close code of a socket whose peer went without a close frame."""
 
 
 class Outlet:
@@ -44,24 +46,27 @@ class Outlet:
         self.attachment = attachment
         self.open = True
 
-    def mark_closed(self) -> None:
+    def mark_closed(self, by: ClosedBy, code: int | None) -> None:
         if self.open:
             self.open = False
             if self.attachment is not None:
                 self.attachment.closed_at = time.time()
+                self.attachment.closed_by, self.attachment.close_code = by, code
 
     async def send_text(self, text: str) -> None:
         if not self.open:
             return
         try:
             await self.websocket.send_text(text)
+        except WebSocketDisconnect as exc:
+            self.mark_closed("client", exc.code)
         except _SEND_ERRORS:
-            self.mark_closed()
+            self.mark_closed("client", ABNORMAL_CLOSE)
 
     async def close(self, code: int, reason: str = "") -> None:
         if not self.open:
             return
-        self.mark_closed()  # before the close frame, so a re-attach never overlaps
+        self.mark_closed("server", code)  # before the close frame, so a re-attach never overlaps
         with contextlib.suppress(*_SEND_ERRORS):
             await self.websocket.close(code, reason)
 
@@ -156,14 +161,15 @@ class LiveSession:
             self.call.record_sent(body)
         text = orjson.dumps(body).decode()
         faults, rng = self.ctx.faults, self.ctx.rng
-        delivered = False
+        took_it: list[Attachment] = []
         for outlet in list(self.outlets):
             if scripted and faults.ws_drop_rate and rng.random() < faults.ws_drop_rate:
                 self.detach(outlet)
                 await outlet.close(1011, "injected fault: connection dropped")
                 continue
             await outlet.send_text(text)
-            delivered = delivered or outlet.open
+            if outlet.open and outlet.attachment is not None:
+                took_it.append(outlet.attachment)
             malformed = scripted and faults.malformed_event_rate > 0
             if malformed and rng.random() < faults.malformed_event_rate:
                 if self.call is not None:
@@ -172,7 +178,7 @@ class LiveSession:
             if not outlet.open:
                 self.detach(outlet)
         if self.call is not None and body.get("type") == "response.function_call_arguments.done":
-            self.call.record_function_call(body, delivered)
+            self.call.record_function_call(body, took_it)
 
     def _malformed(self) -> str:
         if self.ctx.rng.random() < 0.5:

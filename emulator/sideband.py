@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 
 from emulator.auth import key_problem
 from emulator.context import EmulatorContext
-from emulator.live_session import LiveSession, Outlet
+from emulator.live_session import ABNORMAL_CLOSE, LiveSession, Outlet
 from emulator.player import session_for
 from emulator.response import error_event, event, new_id
 from emulator.session_config import (
@@ -102,13 +102,14 @@ async def _serve(live: LiveSession, outlet: Outlet) -> None:
         while outlet.open:
             message = await outlet.websocket.receive()
             if message["type"] == "websocket.disconnect":
+                outlet.mark_closed("client", message.get("code", ABNORMAL_CLOSE))
                 break
             text = message.get("text")
             if text is None:
                 text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
             await handle_client_text(live, outlet, text)
     finally:
-        outlet.mark_closed()
+        outlet.mark_closed("client", ABNORMAL_CLOSE)
         live.detach(outlet)
 
 

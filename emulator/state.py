@@ -60,15 +60,31 @@ def zero_usage() -> dict[str, int]:
     return dict.fromkeys(USAGE_FIELDS, 0)
 
 
+ClosedBy = Literal["client", "server"]
+
+
 @dataclass
 class Attachment:
-    """One sideband websocket attached to a call, from open to close (wall-clock s)."""
+    """One sideband websocket attached to a call, from open to close (wall-clock s).
+
+    ``closed_by``: ``server`` when the emulator closed it (the call ended, or a
+    ``ws_drop_rate`` fault), ``client`` when the client did or vanished; ``close_code``:
+    the code of that close; 1005 or 1006 when no code came from the client (no close
+    frame: its process died, or the connection broke; the web server says 1005 for a
+    connection lost once open)."""
 
     opened_at: float
     closed_at: float | None = None
+    closed_by: ClosedBy | None = None
+    close_code: int | None = None
 
-    def as_json(self) -> dict[str, float | None]:
-        return {"opened_at": self.opened_at, "closed_at": self.closed_at}
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "closed_by": self.closed_by,
+            "close_code": self.close_code,
+        }
 
 
 @dataclass
@@ -96,9 +112,10 @@ class EmulatedCall:
     attachments: list[Attachment] = field(default_factory=list)
     tool_outputs: list[dict[str, Any]] = field(default_factory=list)
     function_calls: list[dict[str, Any]] = field(default_factory=list)
-    """``{"call_id", "name", "at", "delivered"}`` per function call broadcast while a
-    sideband was attached (``at``: wall-clock s; ``delivered``: false when every socket
-    was dropped instead, see ``ws_drop_rate``, so no client ever saw it)."""
+    """``{"call_id", "name", "at", "delivered", "attachments"}`` per function call
+    broadcast while a sideband was attached (``at``: wall-clock s; ``delivered``: false
+    when every socket was dropped instead, see ``ws_drop_rate``, so no client ever saw
+    it; ``attachments``: the indexes in ``attachments`` of the sockets that took it)."""
     events_sent: list[dict[str, Any]] = field(default_factory=list)
     events_received: list[dict[str, Any]] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
@@ -139,10 +156,11 @@ class EmulatedCall:
         if len(self.events_sent) > MAX_EVENTS_KEPT:
             del self.events_sent[0]
 
-    def record_function_call(self, event: dict[str, Any], delivered: bool) -> None:
-        """A function call broadcast to the sidebands; ``delivered``: a socket took it."""
-        call = {"call_id": event.get("call_id"), "name": event.get("name")}
-        self.function_calls.append(call | {"at": time.time(), "delivered": delivered})
+    def record_function_call(self, event: dict[str, Any], took_it: list[Attachment]) -> None:
+        """A function call broadcast to the sidebands; ``took_it``: the sockets it went to."""
+        call = {"call_id": event.get("call_id"), "name": event.get("name"), "at": time.time()}
+        indexes = [n for n, a in enumerate(self.attachments) if any(a is t for t in took_it)]
+        self.function_calls.append(call | {"delivered": bool(took_it), "attachments": indexes})
 
     def record_received(self, event: dict[str, Any]) -> None:
         self.events_received.append(event)

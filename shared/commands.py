@@ -246,11 +246,16 @@ class AsyncCommandQueue:
         reply = await self._enqueue(keys=_enqueue_keys(call_id), args=argv)
         holder = _queued(call_id, reply)
         if holder is not None:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.rpush(keys.runner_commands(holder), call_id)
-            pipe.expire(keys.runner_commands(holder), keys.RUNNER_TTL_S)
-            await pipe.execute()
+            await self.wake(holder, call_id)
         return command_id
+
+    async def wake(self, runner_id: str, call_id: str) -> None:
+        """Tell a runner the call has news for it (``notified``): a command, or a tool
+        call another runner left for it in the call's ledger."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.rpush(keys.runner_commands(runner_id), call_id)
+        pipe.expire(keys.runner_commands(runner_id), keys.RUNNER_TTL_S)
+        await pipe.execute()
 
     async def read_commands(
         self, call_id: str, after_id: str = "0", count: int = 100, block_ms: int | None = None

@@ -34,6 +34,7 @@ SUMMED = (
     "doubled_tool_runs",
     "tool_results_without_a_run",
     "unanswered_tool_calls",
+    "tool_calls_lost_with_a_runner",
     "overlapping_attachments",
     "leaked_admission_slots",
     "defective_calls",

@@ -92,6 +92,54 @@ def test_redis_killed_and_restarted_while_routing_loses_no_call(
     assert all(child.alive() for child in stack.all_children())
 
 
+REDIS_AWAY_S = 3.0
+"""An outage longer than a runner's self-fence (1.5 s without a renewal): every runner
+lets its calls go, and takes them on again once Redis is back."""
+
+
+@pytest.mark.chaos
+def test_tool_calls_made_while_redis_is_away_are_answered_by_the_next_runner(
+    stack: ChaosStack, rdb: redis.Redis
+) -> None:
+    """The function calls come while Redis is away: the runner that hears one cannot
+    claim its tool, and lets the call go before Redis is back; whoever takes the call on
+    runs the tool once and answers it."""
+    emu = stack.emulator
+    call_ids = [stack.place("steady-order") for _ in range(size(4, 20))]
+
+    def first_reply_played() -> bool:
+        return any(
+            event["type"] == "output_audio_buffer.stopped"
+            for call_id in call_ids
+            for event in emu.call(call_id)["events_sent"]
+        )
+
+    # The caller's next turn, the order number, comes 0.4 s after the agent's first reply
+    # has played, and the model's lookup right after it: within the second or so that
+    # runners go on hearing their calls with Redis away, before they let them go.
+    wait_until(first_reply_played, 30.0, "a call's first reply played")
+    away_at = time.time()
+    stack.redis_proc.stop(signal.SIGKILL)
+    time.sleep(REDIS_AWAY_S)  # the outage itself, not a wait for anything
+    stack.redis_proc.start()
+    back_at = time.time()
+
+    result = settle(stack, rdb, call_ids, timeout_s=120.0)
+    result.assert_clean()
+    truths = [emu.call(call_id, events=False) for call_id in call_ids]
+    heard_meanwhile = [
+        issued["call_id"]
+        for truth in truths
+        for issued in truth["function_calls"]
+        if issued["delivered"] and away_at <= issued["at"] <= back_at
+    ]
+    assert heard_meanwhile, "no function call reached a runner while Redis was away"
+    for truth in truths:  # every function call a runner heard got its output
+        heard = {issued["call_id"] for issued in truth["function_calls"] if issued["delivered"]}
+        assert heard <= {output["call_id"] for output in truth["tool_outputs"]}, truth
+    assert all(child.alive() for child in stack.all_children())
+
+
 @pytest.mark.chaos
 def test_a_runner_killed_with_live_calls_hands_them_over_intact(
     stack: ChaosStack, rdb: redis.Redis

@@ -17,7 +17,7 @@ from tests.support.procs import wait_until
 from workers.sessions.effects import ClaimControl
 from workers.sessions.lease import Lease, Leases, Stale
 from workers.sessions.session_store import SessionStore, StoredSession
-from workers.sessions.tools import LedgerEntry
+from workers.sessions.tools import FunctionCall, LedgerEntry
 
 
 @pytest.fixture
@@ -130,15 +130,51 @@ async def test_a_tool_call_id_is_claimed_once_and_its_outcome_is_kept(
     assert lease is not None
 
     first = await store.claim_tool(lease, "call_1", "lookup")
-    second = await store.claim_tool(lease, "call_1", "lookup")
     assert first.run
+    # The same grant again (a claim whose answer was lost, repeated): still its own.
+    assert (await store.claim_tool(lease, "call_1", "lookup")).run
+    await leases.release(lease)
+    later = await leases.acquire("rtc_g")
+    assert later is not None
+    second = await store.claim_tool(later, "call_1", "lookup")
     assert (second.run, second.entry) == (False, LedgerEntry("running", "lookup"))
+    lease = later
 
     assert await store.record_tool(lease, "call_1", "lookup", True, '{"status":"ok"}')
     third = await store.claim_tool(lease, "call_1", "lookup")
     done = LedgerEntry("done", "lookup", True, '{"status":"ok"}')
     assert (third.run, third.entry) == (False, done)
     assert await store.tool_entry("rtc_g", "call_1") == done
+
+
+async def test_a_function_call_left_by_a_worker_without_the_lease_is_claimed_by_the_holder(
+    client: redis.asyncio.Redis,
+) -> None:
+    leases, other = Leases(client, "r1", 3.0), Leases(client, "r2", 3.0)
+    store = SessionStore(client, leases)
+    heard = FunctionCall("call_1", "lookup", '{"order_id": "A12"}')
+    # Nobody holds the call: the next holder finds it when it loads the call.
+    assert await store.request_tool("rtc_r", heard, "r0") == (True, None)
+    requested = LedgerEntry("requested", "lookup", arguments='{"order_id": "A12"}')
+    assert await store.tool_entry("rtc_r", "call_1") == requested
+    assert (await store.load("rtc_r")).tools == {"call_1": requested}
+    lease = await other.acquire("rtc_r")
+    assert lease is not None
+    # Held: the holder is named, to be woken; a second request changes nothing.
+    again = FunctionCall("call_1", "lookup", "{}")
+    assert await store.request_tool("rtc_r", again, "r0") == (False, lease)
+    late = FunctionCall("call_2", "weather", "")
+    assert await store.request_tool("rtc_r", late, "r0") == (True, lease)
+    found = await store.requested_tools(["rtc_r", "rtc_none"])
+    assert found == {"rtc_r": [heard, late]}
+
+    claim = await SessionStore(client, other).claim_tool(lease, "call_1", "lookup")
+    assert claim.run
+    assert await store.tool_entry("rtc_r", "call_1") == LedgerEntry("running", "lookup")
+    assert await store.requested_tools(["rtc_r"]) == {"rtc_r": [late]}
+    # Nothing recorded is ever overwritten by a request.
+    assert await store.request_tool("rtc_r", heard, "r0") == (False, lease)
+    assert await store.tool_entry("rtc_r", "call_1") == LedgerEntry("running", "lookup")
 
 
 async def test_a_tool_output_is_marked_answered_once_and_never_overwritten(

@@ -77,7 +77,9 @@ class Host:
         self.services = services
         self.workers: dict[str, SessionWorker] = {}
         self.runs: dict[str, asyncio.Task[Outcome]] = {}
-        self.reader = CommandReader(services.commands, services.runner_id, self.workers, 100)
+        self.reader = CommandReader(
+            services.commands, services.store, services.runner_id, self.workers, 100
+        )
         self._reading = asyncio.create_task(self.reader.run())
 
     async def take_on(self, call_id: str) -> SessionWorker:
@@ -278,24 +280,79 @@ async def test_a_refer_the_call_decided_is_not_sent_again_by_the_next_worker(
     assert ended == ("transferred", truth["refer_target"])
 
 
+@pytest.mark.parametrize("taker_first", [False, True], ids=["left-then-taken", "taken-then-left"])
+async def test_a_tool_call_heard_by_a_worker_that_lost_the_call_is_run_by_the_next_one(
+    stack: SessionStack, monkeypatch: pytest.MonkeyPatch, taker_first: bool
+) -> None:
+    """Redis was away when the function call came, so the tool could not be claimed, and
+    the runner let the call go before Redis came back (its self-fence). The next worker
+    runs the tool once, whether it loaded the call before or after the first one left
+    the function call in the ledger."""
+    call_id = stack.place_call("steady-order")
+    heard, go_on = asyncio.Event(), asyncio.Event()
+    async with (
+        hosting(stack.settings, stack.policy_path, "r-old") as old,
+        hosting(stack.settings, stack.policy_path, "r-new") as new,
+    ):
+
+        async def redis_away(*args: object) -> None:
+            heard.set()
+            raise redis.ConnectionError("Connection refused")
+
+        request = old.services.store.request_tool
+
+        async def request_when_told(*args: Any) -> Any:
+            await go_on.wait()
+            return await request(*args)
+
+        looked = new.services.store.requested_tools
+        looks: list[dict[str, Any]] = []
+
+        async def look(call_ids: Any) -> Any:
+            looks.append(found := await looked(call_ids))
+            return found
+
+        monkeypatch.setattr(old.services.store, "claim_tool", redis_away)
+        monkeypatch.setattr(old.services.store, "request_tool", request_when_told)
+        monkeypatch.setattr(new.services.store, "requested_tools", look)
+        worker = await old.take_on(call_id)
+        await asyncio.wait_for(heard.wait(), 20.0)
+        worker.lose()
+        if not taker_first:
+            go_on.set()
+            assert await old.runs[call_id] is Outcome.LOST
+        stack.rdb.delete(keys.call_lease(call_id))  # it expired meanwhile
+        await new.take_on(call_id)
+        # Taken on, and its first look at the ledger done, before the call is left to it.
+        await wait_until_async(lambda: bool(looks), 10.0, "the new worker's first read")
+        go_on.set()
+        assert await old.runs[call_id] is Outcome.LOST
+        truth = await _ended(stack, call_id)
+        assert await new.runs[call_id] is Outcome.ENDED
+    [output] = truth["tool_outputs"]
+    assert json.loads(output["output"])["status"] == "shipped"
+    assert stack.tool_runs() == ["12345"]
+
+
 USAGE = ResponseUsage(60, 40, 20, 0, 10, 40).as_event()
 SLOW_CLOSE_S = 1.5
 """How long the server below takes to notice our close: longer than a second."""
 
 
-async def test_usage_sent_while_a_worker_lets_go_of_its_socket_is_counted(
-    redis_url: str, tmp_path: Path
-) -> None:
-    """The lease is lost while the API, slow to see our close, still sends a bill: the
-    socket is read to its end and the bill is counted, lease or not."""
+async def _lose_while_the_api_sends(
+    redis_url: str, tmp_path: Path, call_id: str, late: list[dict[str, Any]]
+) -> redis.Redis:
+    """A worker attached to a server that is slow to see our close loses its lease; the
+    server sends ``late`` after the loss, before it reads the close. Returns a client of
+    the Redis the worker wrote to."""
     lost = asyncio.Event()
 
     async def slow_server(connection: ServerConnection) -> None:
         connection.transport.pause_reading()  # our close frame waits unread
         await lost.wait()
         await asyncio.sleep(SLOW_CLOSE_S)
-        done = {"id": "resp_late", "status": "completed", "usage": USAGE}
-        await connection.send(orjson.dumps({"type": "response.done", "response": done}).decode())
+        for event in late:
+            await connection.send(orjson.dumps(event).decode())
         connection.transport.resume_reading()
         await connection.wait_closed()
 
@@ -303,7 +360,6 @@ async def test_usage_sent_while_a_worker_lets_go_of_its_socket_is_counted(
     policy = tmp_path / "policy.yaml"
     policy.write_text(RUNNER_POLICY)
     rdb = redis.Redis.from_url(redis_url, decode_responses=True)
-    call_id = "rtc_late_bill"
     create_incoming(CallStore(rdb), call_id, to=STEADY_LINE)
     rdb.hset(keys.call_record(call_id), mapping={"state": "active", "profile": "steady"})
     settings = Settings(
@@ -318,11 +374,42 @@ async def test_usage_sent_while_a_worker_lets_go_of_its_socket_is_counted(
         worker.lose()
         lost.set()
         assert await host.runs.pop(call_id) is Outcome.LOST
+    return rdb
 
+
+async def test_usage_sent_while_a_worker_lets_go_of_its_socket_is_counted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The lease is lost while the API, slow to see our close, still sends a bill: the
+    socket is read to its end and the bill is counted, lease or not."""
+    done = {"id": "resp_late", "status": "completed", "usage": USAGE}
+    late = [{"type": "response.done", "response": done}]
+    call_id = "rtc_late_bill"
+    rdb = await _lose_while_the_api_sends(redis_url, tmp_path, call_id, late)
     counted = rdb.hkeys(keys.call_counted(call_id))
     assert counted == ["resp_late"]
     expected = cost_of(USAGE, "gpt-realtime", default_price_table()).total_usd
     assert Decimal(str(rdb.hget(keys.call_record(call_id), "cost_usd"))) == expected > 0
+    rdb.close()
+
+
+async def test_a_function_call_sent_while_a_worker_lets_go_is_left_to_the_next(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The model's function call comes after the lease is lost, while the socket is read
+    to its end: nothing runs here, and the ledger holds it for the call's next worker."""
+    arguments = '{"order_id": "A12"}'
+    call = {"call_id": "call_late", "name": "lookup_order", "arguments": arguments}
+    late = [{"type": "response.function_call_arguments.done", "response_id": "resp_1", **call}]
+    call_id = "rtc_late_tool"
+    rdb = await _lose_while_the_api_sends(redis_url, tmp_path, call_id, late)
+    entry = orjson.loads(rdb.hget(keys.call_tools(call_id), "call_late") or "null")
+    assert entry == {
+        "state": "requested",
+        "name": "lookup_order",
+        "arguments": arguments,
+        "runner": "r1",
+    }
     rdb.close()
 
 

@@ -24,6 +24,7 @@ from tests.emulator.sideband_agent import (
     validate,
 )
 from tests.support.emulator import EmulatorHandle
+from tests.support.procs import wait_until_async
 
 
 @pytest.fixture
@@ -289,10 +290,11 @@ async def test_sdk_attaches_and_answers_a_tool_call(emu: EmulatorHandle) -> None
         }
     ]
     [issued] = truth["function_calls"]
-    assert (issued["call_id"], issued["name"], issued["delivered"]) == (
+    assert (issued["call_id"], issued["name"], issued["delivered"], issued["attachments"]) == (
         args_done.call_id,
         "lookup_order",
         True,
+        [0],
     )
     assert truth["created_at"] < issued["at"] < truth["tool_outputs"][0]["at"]
     assert (truth["state"], truth["ended_by"]) == ("ended", "caller")
@@ -472,8 +474,32 @@ async def test_drop_fault_then_reattach_resumes_the_script(emu: EmulatorHandle) 
     truth = emu.call(call_id)
     first, second = truth["attachments"]
     assert first["closed_at"] <= second["opened_at"]
+    assert (first["closed_by"], first["close_code"]) == ("server", 1011)
+    assert (second["closed_by"], second["close_code"]) == ("server", 1000)  # the call's end
     assert truth["overlapping_attachments"] is False
     assert truth["ended_by"] == "caller"
+
+
+@pytest.mark.parametrize(("abort", "codes"), [(False, {1000}), (True, {1005, 1006})])
+async def test_a_socket_the_client_closes_or_loses_is_recorded_as_its_close(
+    emu: EmulatorHandle, abort: bool, codes: set[int]
+) -> None:
+    """A client closing (1000) or vanishing without a close frame (its process died) is
+    told apart from the emulator's own closes in ground truth."""
+    async with sdk(emu) as client:
+        call_id = await place_and_accept(emu, client, "long-call")
+    async with attached(emu, call_id) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "session.created"
+        if abort:
+            ws.transport.abort()
+    await wait_until_async(
+        lambda: emu.call(call_id, events=False)["attachments"][0]["closed_at"] is not None,
+        10.0,
+        "the close seen by the emulator",
+    )
+    [span] = emu.call(call_id, events=False)["attachments"]
+    assert span["closed_by"] == "client"
+    assert span["close_code"] in codes
 
 
 async def test_two_sockets_both_get_events_and_overlap(emu: EmulatorHandle) -> None:

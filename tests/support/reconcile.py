@@ -18,7 +18,9 @@ After a run (with or without faults), ``reconcile`` checks every placed call:
   a logging tool ran at most once, and every one answered with a tool's result (not an
   error output) really ran;
 - tools answered: every function call the model made got an output, unless the call
-  ended before one could matter (``unanswered_tool_calls``);
+  ended before one could matter (``unanswered_tool_calls``), or the runner that took it
+  died with it before it could note it anywhere (``tool_calls_lost_with_a_runner``:
+  counted, not a problem; the next runner cannot know the model made it);
 - one sideband at a time: no overlapping attachments;
 - money: each call's ``cost_usd`` is the price table applied to the usage the
   emulator billed, or else the price of exactly the ``response.done`` usages it sent
@@ -67,6 +69,13 @@ ANSWER_WITHIN_S = 10.0
 at most in the test policies) plus a failover (a lease's expiry, a sweep and an attach:
 about 5 s), with a margin."""
 CALL_CONTROL_TOOLS = frozenset({"transfer_call", "end_call"})
+LOST_WITH_A_RUNNER_S = 1.0
+"""How soon after a function call the socket that took it must have gone without a close
+frame (its runner's process died) for the call to count as lost with that runner: a
+live runner reads the event, claims its tool or saves a snapshot with it, within
+milliseconds, a loaded one well within this."""
+NO_CLOSE_FRAME = frozenset({1005, 1006})
+"""Close codes the emulator records for a client that went without sending one."""
 
 
 @dataclass
@@ -84,6 +93,8 @@ class Reconciliation:
     """Tool-call ids answered with a tool's result although the tool never ran for them."""
     unanswered_tools: list[str] = field(default_factory=list)
     """Tool-call ids the model never got an output for, although the call went on."""
+    tools_lost_with_a_runner: list[str] = field(default_factory=list)
+    """Unanswered tool-call ids whose function call died with the runner that took it."""
     overlapping: list[str] = field(default_factory=list)
     leaked_slots: list[str] = field(default_factory=list)
     defective: list[str] = field(default_factory=list)
@@ -118,6 +129,7 @@ class Reconciliation:
             "doubled_tool_runs": len(self.doubled_tool_runs),
             "tool_results_without_a_run": len(self.unrun_results),
             "unanswered_tool_calls": len(self.unanswered_tools),
+            "tool_calls_lost_with_a_runner": len(self.tools_lost_with_a_runner),
             "overlapping_attachments": len(self.overlapping),
             "leaked_admission_slots": len(self.leaked_slots),
             "defective_calls": len(self.defective),
@@ -324,6 +336,7 @@ def _check_call(
     if doubled:
         result.doubled_tools.append(call_id)
         result.problem(f"{call_id}: tool calls answered more than once: {doubled}")
+    result.tools_lost_with_a_runner += tool_calls_lost_with_a_runner(truth)
     unanswered = unanswered_tool_calls(truth)
     if unanswered:
         result.unanswered_tools += unanswered
@@ -366,8 +379,47 @@ def unanswered_tool_calls(truth: dict[str, Any]) -> list[str]:
     ``ANSWER_WITHIN_S`` (its answer was not due yet: the caller gave up while the tool
     ran or while a failover was under way); a ``transfer_call`` or ``end_call`` whose
     call ended by our Refer or Hangup (accepted, they get no output: the call ends by
-    them, and the model needs none).
+    them, and the model needs none); one lost with the runner that took it
+    (``tool_calls_lost_with_a_runner``).
     """
+    lost = set(tool_calls_lost_with_a_runner(truth))
+    return [tool_id for tool_id in _overdue_tool_calls(truth) if tool_id not in lost]
+
+
+def tool_calls_lost_with_a_runner(truth: dict[str, Any]) -> list[str]:
+    """The overdue tool calls (see ``unanswered_tool_calls``) that died with the runner
+    that took them: every socket the function call went to closed without a close frame
+    (the runner's process died; the emulator did not close it, nor did the runner),
+    before the call ended and within ``LOST_WITH_A_RUNNER_S`` of the event. The runner
+    died with the event unread in its socket, or before it could claim the tool or save
+    a snapshot with it: the runner taking the call over cannot know of it (the API
+    repeats no event)."""
+    sent = {str(call["call_id"]): call for call in truth.get("function_calls", [])}
+    spans = truth.get("attachments", [])
+    ended_at = truth.get("ended_at")
+    over_at = float(ended_at) if ended_at is not None else float("inf")
+    found = []
+    for tool_id in _overdue_tool_calls(truth):
+        call = sent.get(tool_id)
+        if call is None:
+            continue
+        took_it = [spans[n] for n in call.get("attachments", []) if n < len(spans)]
+        at = float(call["at"])
+        if took_it and all(
+            span.get("closed_by") == "client"
+            and span.get("close_code") in NO_CLOSE_FRAME
+            and span["closed_at"] is not None
+            and span["closed_at"] < over_at - 0.001
+            and span["closed_at"] - at <= LOST_WITH_A_RUNNER_S
+            for span in took_it
+        ):
+            found.append(tool_id)
+    return found
+
+
+def _overdue_tool_calls(truth: dict[str, Any]) -> list[str]:
+    """Tool calls a socket took, never answered, whose answer was due while the call
+    went on (every exception of ``unanswered_tool_calls`` but the last)."""
     issued = _issued_tool_calls(truth)
     answered = {str(out.get("call_id")) for out in truth["tool_outputs"]}
     sent = {str(call["call_id"]): call for call in truth.get("function_calls", [])}

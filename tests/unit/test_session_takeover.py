@@ -35,7 +35,7 @@ from workers.sessions.effects import (
     Send,
 )
 from workers.sessions.protocol import INTERRUPTED, SessionProtocol
-from workers.sessions.tools import UNKNOWN_OUTCOME, LedgerEntry
+from workers.sessions.tools import UNKNOWN_OUTCOME, FunctionCall, LedgerEntry
 
 
 def _taken_over(
@@ -284,3 +284,61 @@ def test_a_tool_output_that_could_not_be_sent_goes_out_on_the_next_attach() -> N
     resent = d.attach(fresh=False)
     assert _outputs(resent) == [("call_1", "shipped")]
     assert instructions(resent) == [None]  # and the response that reads it
+
+
+def test_a_function_call_left_requested_is_handled_as_if_the_next_worker_heard_it() -> None:
+    """Heard by a worker that lost the call before it claimed, answered or saved any of
+    them: each is run, refused or carried out as the event itself would be."""
+    before = Driver()
+    before.attach()
+    [run] = of_type(before.function_call("call_pending", "lookup", '{"order": "B7"}'), RunTool)
+    before.function_call("call_settled", "weather")  # refused and saved before the loss
+    ledger = {
+        "call_new": LedgerEntry("requested", "lookup", arguments='{"order": "A12"}'),
+        "call_unknown_tool": LedgerEntry("requested", "weather", arguments="{}"),
+        "call_pending": LedgerEntry("requested", "lookup", arguments='{"order": "B7"}'),
+        "call_settled": LedgerEntry("requested", "weather", arguments="{}"),
+    }
+    after, effects = _taken_over(before, ledger=ledger)
+    runs = sorted(of_type(effects, RunTool), key=lambda r: r.tool_call_id)
+    assert runs == [RunTool("call_new", "lookup", {"order": "A12"}, run.timeout_s), run]
+    resent = after.attach(fresh=False)
+    [(refused, message)] = _outputs(resent)
+    assert refused == "call_unknown_tool"
+    assert json.loads(message) == {"error": "unknown tool 'weather'"}
+    answered = [*after.tool_result("call_new", "shipped"), *after.tool_result("call_pending", "x")]
+    assert sorted(_outputs(answered)) == [("call_new", "shipped"), ("call_pending", "x")]
+
+
+def test_a_function_call_requested_after_the_takeover_is_handled_once() -> None:
+    """The worker that lost the call left it while the next one was already running."""
+    d = Driver()
+    d.attach()
+    d.function_call("call_heard", "lookup")
+    late = FunctionCall("call_late", "lookup", '{"order": "C3"}')
+    [run] = of_type(d.core.on_requested_tool(late, d.now), RunTool)
+    assert run == RunTool("call_late", "lookup", {"order": "C3"}, 5.0)
+    assert d.core.on_requested_tool(late, d.now) == []
+    assert d.core.on_requested_tool(FunctionCall("call_heard", "lookup", "{}"), d.now) == []
+    assert _outputs(d.tool_result("call_late", "shipped")) == [("call_late", "shipped")]
+    transfer = FunctionCall("call_move", "transfer_call", '{"target": "sales"}')
+    assert of_type(d.core.on_requested_tool(transfer, d.now), ClaimControl)
+
+
+def test_a_function_call_is_read_from_its_event_as_the_model_made_it() -> None:
+    event = {
+        "type": "response.function_call_arguments.done",
+        "call_id": "call_1",
+        "name": "lookup",
+        "arguments": '{"order": "A12"}',
+        "response_id": "resp_1",
+    }
+    call = FunctionCall.of(event)
+    assert call == FunctionCall("call_1", "lookup", '{"order": "A12"}')
+    assert call is not None
+    assert FunctionCall.of(call.event()) == call
+    assert FunctionCall.of({**event, "name": 7, "arguments": None}) == FunctionCall(
+        "call_1", "", ""
+    )
+    assert FunctionCall.of({**event, "call_id": ""}) is None
+    assert FunctionCall.of({**event, "type": "response.done"}) is None

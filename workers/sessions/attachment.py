@@ -79,7 +79,7 @@ class Attachment:
                     return
                 async for event in socket.events():
                     services.metrics.event(event.get("type"))
-                    w.feed(core.on_event(event, time.time()))
+                    w.on_event(event)
                     if len(w.outbox) > HIGH_WATER:
                         await w.wait_for_room()
             finally:

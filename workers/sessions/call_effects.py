@@ -20,10 +20,12 @@ the end of the batch. What each effect becomes:
   no lease: usage reported on a socket this worker held is counted whatever became of
   its lease, and an accrual once started is never abandoned; ``EndCall`` and the end
   of the session (``settle_bills``) wait for it, so the final record holds every bill;
-- ``RunTool``: claim the tool-call id in the Redis ledger, run the tool in the
-  background, feed its outcome back, then record it; a claimed id is never run again.
-  The worker starts it as soon as the core asks (``start_tool``), not in turn: it
-  only starts a task, and the claim need not wait for the batch ahead of it;
+- ``RunTool``: claim the tool-call id in the Redis ledger (through a short outage),
+  run the tool in the background, feed its outcome back, then record it; a claimed id
+  is never run again. The worker starts it as soon as the core asks (``start_tool``),
+  not in turn: it only starts a task, and the claim need not wait for the batch ahead
+  of it. A worker that stops without seeing its function calls through leaves them to
+  the call's next holder (``pass_on``);
 - ``ClaimControl``: the call's Refer or Hangup claimed in Redis
   (``SessionStore.claim_control``), in the fenced write just before the request;
 - ``Refer`` / ``Hangup``: the REST call-control endpoints, only after this worker's
@@ -71,7 +73,7 @@ from workers.sessions.effects import (
 )
 from workers.sessions.lease import Op, Stale
 from workers.sessions.session_store import Answer
-from workers.sessions.tools import UNKNOWN_OUTCOME
+from workers.sessions.tools import UNKNOWN_OUTCOME, FunctionCall
 
 if TYPE_CHECKING:
     from workers.sessions.session_worker import SessionWorker
@@ -329,7 +331,12 @@ class CallEffects:
         store = w.services.store
         ran = False
         try:
-            claim = await store.claim_tool(w.lease, effect.tool_call_id, effect.name)
+            # Through a short outage: a tool the model asked for is worth the wait (a
+            # repeated claim is still this grant's own), and a worker that loses its
+            # lease meanwhile leaves the call to the next one (``pass_on``).
+            claim = await self._patiently(
+                store.claim_tool, w.lease, effect.tool_call_id, effect.name
+            )
             outcome = claim.entry.outcome if claim.entry is not None else None
             if claim.run:
                 ok, output = await w.services.run_tool(
@@ -357,6 +364,27 @@ class CallEffects:
                 w.lose()
             except redis.RedisError as exc:
                 logger.error("call %s: outcome of %s not recorded: %s", w.call_id, effect.name, exc)
+
+    async def pass_on(self, calls: list[FunctionCall]) -> None:
+        """Leave the function calls this worker heard to whoever holds the call now or
+        next (``SessionStore.request_tool``: only ids nothing else is recorded for), and
+        wake the holder of the moment, who may have loaded the call before."""
+        w = self._w
+        store, commands = w.services.store, w.services.commands
+        for call in calls:
+            try:
+                written, holder = await self._patiently(
+                    store.request_tool, w.call_id, call, w.services.runner_id
+                )
+                if not written:
+                    continue
+                if holder is None or holder == w.lease:  # whoever takes it on loads it
+                    logger.info("call %s: %s left to its next runner", w.call_id, call.call_id)
+                    continue
+                logger.info("call %s: %s left to %s", w.call_id, call.call_id, holder.runner_id)
+                await self._patiently(commands.wake, holder.runner_id, w.call_id)
+            except (redis.RedisError, *TRANSIENT_ERRORS) as exc:
+                logger.error("call %s: %s not passed on: %s", w.call_id, call.call_id, exc)
 
     @property
     def tools_running(self) -> bool:

@@ -13,6 +13,11 @@ call, or before this runner held it, are found there; later ones come with a pus
 Commands may be read again after a failover: the core applies each command id at most
 once and answers a repeat with the recorded outcome; a runner taking a call over knows
 the outcomes and claims recorded after the snapshot too (``workers.sessions.adoption``).
+
+The same push wakes the reader for a function call a worker that lost the call left
+``requested`` in its tool ledger (``SessionStore.request_tool``): every read of a call's
+stream also reads those (``SessionStore.requested_tools``), so the call's worker hears
+them, the first read after a take-on included (the worker ignores the ones it knows).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Mapping
 import redis
 
 from shared.commands import AsyncCommandQueue
+from workers.sessions.session_store import SessionStore
 from workers.sessions.session_worker import SessionWorker
 
 logger = logging.getLogger(__name__)
@@ -38,11 +44,13 @@ class CommandReader:
     def __init__(
         self,
         commands: AsyncCommandQueue,
+        store: SessionStore,
         runner_id: str,
         workers: Mapping[str, SessionWorker],
         block_ms: int,
     ) -> None:
         self._commands = commands
+        self._store = store
         self._runner_id = runner_id
         self._workers = workers
         self._block_s = block_ms / 1000
@@ -74,6 +82,7 @@ class CommandReader:
                 continue
             try:
                 found = await self._commands.read_many(positions, count=READ_COUNT)
+                requested = await self._store.requested_tools(positions)
             except redis.RedisError as exc:
                 logger.warning("reading commands failed: %s", exc)
                 self._due |= positions.keys()
@@ -87,3 +96,7 @@ class CommandReader:
                     worker.on_command(command)
                 if len(queued) >= READ_COUNT:
                     self._due.add(call_id)
+            for call_id, calls in requested.items():
+                worker = self._workers.get(call_id)
+                if worker is not None:
+                    worker.on_requested_tools(calls)

@@ -33,6 +33,9 @@ Decisions worth knowing:
   applied again; every tool-call id the ledger or the snapshot left open is answered
   (the recorded output, or an error when the outcome is unknown), a tool never claimed
   is run, and an output sent but never echoed by the API is sent again (same item id).
+  A function call the ledger holds as ``requested`` (heard by a worker that stopped
+  before seeing it through) is handled as if heard now, unless the core knows it
+  already; so is one requested after the takeover (``on_requested_tool``).
   A Refer or Hangup the previous worker claimed (``ClaimControl``) is never sent again:
   the call ends at once as the claim says, and the command it carried out, if any, is
   acknowledged as done.
@@ -51,7 +54,7 @@ from workers.sessions.effects import ClaimControl, CommandDone, Effect, RunTool
 from workers.sessions.events import ServerEvents
 from workers.sessions.plan import SessionPlan
 from workers.sessions.state import SessionState
-from workers.sessions.tools import UNKNOWN_OUTCOME, LedgerEntry, ToolCall
+from workers.sessions.tools import UNKNOWN_OUTCOME, FunctionCall, LedgerEntry, ToolCall
 
 INTERRUPTED = "interrupted by a failover; not applied again"
 """The outcome of a command a previous worker started applying and never finished."""
@@ -172,6 +175,13 @@ class SessionProtocol:
         self._c.dirty = True
         return self._c.drain(now_s)
 
+    def on_requested_tool(self, call: FunctionCall, now_s: float) -> list[Effect]:
+        """A function call another worker heard and left ``requested`` in the ledger:
+        handled as if heard now, unless this core already knows the id."""
+        if self._s.tools.seen(call.call_id):
+            return []
+        return self.on_event(call.event(), now_s)
+
     def on_taken_over(
         self,
         results: Mapping[str, tuple[bool, str]],
@@ -248,7 +258,15 @@ class SessionProtocol:
                 self._c.dirty = True
             elif known is not None and known.ok is not None:
                 continue  # settled before the snapshot (an output not yet sent is held)
-            elif entry is None and known is not None and self._run_again(call_id, known, now_s):
+            elif entry is not None and entry.state == "requested" and known is None:
+                # Heard by a worker that stopped before it claimed or answered it.
+                heard = FunctionCall(call_id, entry.name, entry.arguments or "")
+                self._events.handle(heard.event(), now_s)
+            elif (
+                (entry is None or entry.state == "requested")
+                and known is not None
+                and self._run_again(call_id, known, now_s)
+            ):
                 continue
             else:
                 call = desk.adopt(call_id, entry.name if entry is not None else "", now_s)
@@ -258,7 +276,8 @@ class SessionProtocol:
                 self._answer(call_id, call, ok, output)
 
     def _run_again(self, call_id: str, call: ToolCall, now_s: float) -> bool:
-        """A pending tool the ledger never saw claimed never started: run it now."""
+        """A pending tool the ledger never saw claimed never started: run it now (its
+        claim takes over a ``requested`` entry)."""
         spec = self._plan.tool(call.name)
         if spec is None or call.arguments is None:
             return False

@@ -81,7 +81,11 @@ class Runner:
         self._drain_task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._commands = CommandReader(
-            services.commands, self.runner_id, self.workers, config.command_block_ms
+            services.commands,
+            services.store,
+            self.runner_id,
+            self.workers,
+            config.command_block_ms,
         )
 
     @property

@@ -13,8 +13,15 @@ plus the command-stream cursor, as one JSON string::
 
 The tool ledger (``keys.call_tools``) maps a tool-call id to JSON with its ``state``:
 
-- ``{"state": "running", "runner", "name"}``: claimed with ``HSETNX`` before the tool
-  runs, so a tool-call id runs at most once, also across failovers;
+- ``{"state": "requested", "name", "arguments", "runner"}``: a function call a worker
+  heard and could not see through (it stopped without the lease: ``request_tool``),
+  written without the lease, only where the id has no entry at all; whoever holds the
+  call then handles it as if it had heard it (the holder of the moment is woken
+  through its command list, a later one finds it when it loads the call);
+- ``{"state": "running", "runner", "token", "name"}``: claimed before the tool runs,
+  only where the id has no entry or a ``requested`` one, so a tool-call id runs at most
+  once, also across failovers (a claim repeated by the same lease grant, whose answer
+  was lost, finds its own entry and is still its own);
 - ``{"state": "done", "name", "ok", "output"}``: the tool's outcome, not yet known to
   have reached the model;
 - ``{"state": "answered", "name", "ok", "output"}``: the ``function_call_output`` for
@@ -42,6 +49,8 @@ it as the claim says instead of deciding the end again from an older snapshot.
 
 ``load`` reads what a runner taking a call on needs, in one round trip: the snapshot,
 the command outcomes and claims, the tool ledger and the control claim.
+``requested_tools`` reads the ``requested`` entries of many calls at once, for a
+runner woken by ``request_tool``.
 """
 
 from __future__ import annotations
@@ -61,7 +70,7 @@ from shared.models import CallState, EndReason, encode_value
 from shared.pricing import Cost
 from workers.sessions.effects import ClaimControl
 from workers.sessions.lease import Lease, Leases, Op, Transition
-from workers.sessions.tools import LedgerEntry, LedgerState
+from workers.sessions.tools import FunctionCall, LedgerEntry, LedgerState
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,30 @@ else
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, 1, old or ''}
+"""
+# KEYS: lease, ledger. ARGV: lease value, tool-call id, ttl, the running entry. The entry
+# is written where the id has none, a 'requested' one, or this very one (a repeat).
+# Reply: {0} stale, or {1, claimed, the entry found}.
+_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+if old and old ~= ARGV[4] then
+  local ok, entry = pcall(cjson.decode, old)
+  if not (ok and type(entry) == 'table' and entry['state'] == 'requested') then
+    return {1, 0, old}
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {1, 1, old or ''}
+"""
+
+# KEYS: ledger, lease (no fence: the lease may be anyone's). ARGV: tool-call id, entry,
+# ttl. Reply: {written (only where the id had no entry), the lease value or ''}.
+_REQUEST = """
+local written = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {written, redis.call('GET', KEYS[2]) or ''}
 """
 _SENT = "answered,delivered"
 """Ledger states of an id whose output went out: nothing but ``delivered`` follows."""
@@ -133,6 +166,8 @@ class SessionStore:
         self._redis = client
         self.leases = leases
         self._ledger = leases.script(_LEDGER)
+        self._claim = leases.script(_CLAIM)
+        self._request = client.register_script(_REQUEST)
 
     # Reads ---------------------------------------------------------------------------
 
@@ -163,6 +198,26 @@ class SessionStore:
             tools={_text(tool_call_id): _entry_from(raw) for tool_call_id, raw in tools.items()},
             control=_control_from(call_id, control) if control is not None else None,
         )
+
+    async def requested_tools(self, call_ids: Iterable[str]) -> dict[str, list[FunctionCall]]:
+        """The function calls left ``requested`` in each call's ledger (calls with none
+        are left out), in one pipelined round trip (each call's keys are its own slot)."""
+        wanted = list(call_ids)
+        if not wanted:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for call_id in wanted:
+            pipe.hgetall(keys.call_tools(call_id))
+        found: dict[str, list[FunctionCall]] = {}
+        for call_id, ledger in zip(wanted, await pipe.execute(), strict=True):
+            calls = [
+                FunctionCall(_text(tool_call_id), entry.name, entry.arguments or "")
+                for tool_call_id, raw in sorted(ledger.items())
+                if (entry := _entry_from(raw)).state == "requested"
+            ]
+            if calls:
+                found[call_id] = calls
+        return found
 
     async def tool_entry(self, call_id: str, tool_call_id: str) -> LedgerEntry | None:
         """What the ledger holds for one tool-call id, if anything."""
@@ -259,20 +314,33 @@ class SessionStore:
     # Writes with an answer ----------------------------------------------------------
 
     async def claim_tool(self, lease: Lease, tool_call_id: str, name: str) -> ToolClaim:
-        """Claim a tool-call id for running, or learn what an earlier claim left."""
+        """Claim a tool-call id for running, or learn what an earlier claim left. Safe to
+        repeat: a repeat by the same grant (its first answer lost) claims it still."""
         key = keys.call_tools(lease.call_id)
-        running = _entry_json("running", name, None, None, runner=lease.runner_id)
-        replies = await self.leases.fenced(
-            lease,
-            [
-                ("HSETNX", key, tool_call_id, running),
-                ("HGET", key, tool_call_id),
-                ("EXPIRE", key, keys.CALL_TTL_S),
-            ],
+        running = _entry_json(
+            "running", name, None, None, runner=lease.runner_id, token=str(lease.token)
         )
+        replies = await self._claim.run(lease, [key], [tool_call_id, keys.CALL_TTL_S, running])
         if int(replies[0]):
             return ToolClaim(run=True)
         return ToolClaim(run=False, entry=_entry_from(replies[1]))
+
+    async def request_tool(
+        self, call_id: str, call: FunctionCall, runner_id: str
+    ) -> tuple[bool, Lease | None]:
+        """Leave a function call ``runner_id`` heard to whoever holds the call (no lease
+        needed): written only where the id has no entry at all. Returns whether it was
+        written, and who held the call's lease as it was (``None``: nobody), who may
+        have loaded the call before and must be told."""
+        entry = _entry_json(
+            "requested", call.name, None, None, arguments=call.arguments, runner=runner_id
+        )
+        script_keys = [keys.call_tools(call_id), keys.call_lease(call_id)]
+        written, holder = await self._request(
+            keys=script_keys, args=[call.call_id, entry, keys.CALL_TTL_S]
+        )
+        lease = Lease.parse(call_id, _text(holder)) if holder else None
+        return bool(int(written)), lease
 
     async def record_tool(
         self, lease: Lease, tool_call_id: str, name: str, ok: bool, output: str
@@ -394,6 +462,9 @@ def _entry_from(raw: Any) -> LedgerEntry:
     state = data.get("state")
     name = data.get("name")
     name = name if isinstance(name, str) else ""
+    if state == "requested":
+        arguments = data.get("arguments")
+        return LedgerEntry(state, name, arguments=arguments if isinstance(arguments, str) else "")
     if state not in ("done", "answered", "delivered"):
         return LedgerEntry("running", name)
     ok = data.get("ok")

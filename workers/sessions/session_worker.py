@@ -18,7 +18,11 @@ Lifecycle (``run`` returns how it ended):
 Whatever the outcome, a socket is never just dropped: the worker closes it and reads it
 to its end (``_let_go``, bounded by the close timeout), because the API may have sent a
 bill (``response.done``) before it saw the close. Usage reported on a socket this worker
-held is counted, whatever became of the lease (``CallEffects.settle_bills``).
+held is counted, whatever became of the lease (``CallEffects.settle_bills``). So is every
+function call it heard: a worker that stops without its final snapshot (lost, failed)
+leaves each one ``requested`` in the tool ledger where nothing else is recorded for its
+id (``CallEffects.pass_on``), for whoever holds the call to handle; the model waits for
+its output, and the next worker cannot hear it again.
 
 The sideband itself (attach, read, re-attach) is ``workers.sessions.attachment``; the
 ordering of effects and the batching of snapshots is ``workers.sessions.outbox``.
@@ -44,6 +48,7 @@ from workers.sessions.outbox import Outbox
 from workers.sessions.plan import SessionPlan
 from workers.sessions.protocol import SessionProtocol
 from workers.sessions.services import SessionServices
+from workers.sessions.tools import FunctionCall
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,9 @@ class SessionWorker:
         self._stop: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._letting_go = asyncio.Event()
         self._late_bills: list[Effect] = []
+        self.heard: dict[str, FunctionCall] = {}
+        """Every function call read on this worker's sockets, by tool-call id."""
+        self._saved_final = False
         self.effects = CallEffects(self)
         self.attachment = Attachment(self, fresh=fresh, activate=activate)
         self.outbox: Outbox[Effect | Note] = Outbox(
@@ -128,6 +136,20 @@ class SessionWorker:
             if deadline is not None:
                 delay_s = max(0.0, deadline - time.time())
                 self._timer = asyncio.get_running_loop().call_later(delay_s, self._tick)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A server event read on the sideband (also while letting go of it)."""
+        call = FunctionCall.of(event)
+        if call is not None:
+            self.heard.setdefault(call.call_id, call)
+        self.feed(self.core.on_event(event, time.time()))
+
+    def on_requested_tools(self, calls: list[FunctionCall]) -> None:
+        """Function calls another worker heard and left to this one (the ledger's
+        ``requested`` entries)."""
+        for call in calls:
+            if not self.outbox.frozen:
+                self.feed(self.core.on_requested_tool(call, time.time()))
 
     def queue(self, item: Effect | Note) -> None:
         """Queue one item for the pump without feeding the core (lifecycle notes)."""
@@ -218,6 +240,8 @@ class SessionWorker:
             await asyncio.gather(pump, return_exceptions=True)
             await self.effects.settle_bills([*self.outbox.pending(), *self._late_bills])
             await self.effects.cancel_tools()
+            if not self._saved_final and not self.core.state.ended:
+                await self.effects.pass_on(list(self.heard.values()))
             if self._timer is not None:
                 self._timer.cancel()
             await self._detach()
@@ -310,6 +334,7 @@ class SessionWorker:
         self.outbox.frozen = True
         if self.outbox.idle.is_set():
             await self._save()
+            self._saved_final = not self.lost
         else:  # a snapshot must not describe effects that were never carried out
             logger.warning(
                 "call %s: effects still pending at release; its last snapshot stands",

@@ -9,10 +9,13 @@ string ``{"error": ...}``) instead of silence, so it can tell the caller.
 
 The ``ToolDesk`` remembers every tool-call id with its outcome, so a re-delivered event
 never runs a tool twice; the adapter also keeps a Redis ledger (``LedgerEntry`` per id:
-running, done with its outcome, answered, or delivered), which covers the gap between
-the last snapshot and a failover: a runner taking the call over answers every id the
-ledger or the snapshot left open, and sends again an output that was sent but never
-echoed (with the same item id, which the API keeps once).
+requested, running, done with its outcome, answered, or delivered), which covers the
+gap between the last snapshot and a failover: a runner taking the call over answers
+every id the ledger or the snapshot left open, and sends again an output that was sent
+but never echoed (with the same item id, which the API keeps once). A worker that stops
+without seeing a function call it heard through (its lease lost while Redis was away)
+leaves it ``requested`` (``FunctionCall``, as heard): whoever holds the call handles it
+as if it had heard it itself.
 """
 
 from __future__ import annotations
@@ -27,30 +30,66 @@ from workers.sessions.plan import SessionPlan, ToolSpec
 UNKNOWN_OUTCOME = "the tool was started before a failover and its outcome is unknown"
 """What the model is told about a tool whose run was cut short by a failover."""
 
-LedgerState = Literal["running", "done", "answered", "delivered"]
+LedgerState = Literal["requested", "running", "done", "answered", "delivered"]
+FUNCTION_CALL_DONE = "response.function_call_arguments.done"
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """What the Redis ledger holds for one tool-call id.
 
-    ``running``: claimed, its outcome unknown; ``done``: the tool's outcome (``ok``,
-    ``output``), not known to have reached the model; ``answered``: an output for the id
-    was sent (``output`` is what was sent), not yet known to have arrived; ``delivered``:
-    the API echoed it.
+    ``requested``: a function call a worker heard and left to whoever holds the call
+    (``arguments`` as the model sent them), nothing claimed yet; ``running``: claimed,
+    its outcome unknown; ``done``: the tool's outcome (``ok``, ``output``), not known to
+    have reached the model; ``answered``: an output for the id was sent (``output`` is
+    what was sent), not yet known to have arrived; ``delivered``: the API echoed it.
     """
 
     state: LedgerState
     name: str = ""
     ok: bool | None = None
     output: str | None = None
+    arguments: str | None = None
 
     @property
     def outcome(self) -> tuple[bool, str] | None:
         """The tool's recorded outcome, if it has one."""
-        if self.state == "running" or self.ok is None:
+        if self.state in ("requested", "running") or self.ok is None:
             return None
         return self.ok, self.output or ""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """One function call as the model made it: its id, tool name and raw arguments."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+    @classmethod
+    def of(cls, event: Mapping[str, Any]) -> FunctionCall | None:
+        """The function call a ``response.function_call_arguments.done`` carries, if any
+        (a field of the wrong type counts as empty; no ``call_id``, no function call)."""
+        if event.get("type") != FUNCTION_CALL_DONE:
+            return None
+        call_id, name, arguments = (event.get(k) for k in ("call_id", "name", "arguments"))
+        if not isinstance(call_id, str) or not call_id:
+            return None
+        return cls(
+            call_id,
+            name if isinstance(name, str) else "",
+            arguments if isinstance(arguments, str) else "",
+        )
+
+    def event(self) -> dict[str, Any]:
+        """The server event it came in, as the session core reads it."""
+        return {
+            "type": FUNCTION_CALL_DONE,
+            "call_id": self.call_id,
+            "name": self.name,
+            "arguments": self.arguments,
+        }
 
 
 @dataclass(frozen=True, slots=True)
