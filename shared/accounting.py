@@ -14,11 +14,13 @@ books. It runs in two steps:
    one MULTI/EXEC (all or nothing, so a retry after a lost reply cannot add twice).
 
 The cluster hashes live in other slots, so they cannot join the script on Redis
-Cluster. A process that dies between the steps leaves the response ``pending``; an
-``accrue`` of the same response id at least ``PENDING_TAKEOVER_S`` later (a replay
-after failover) takes the mark over and finishes step 2 instead of skipping it; a
-younger mark belongs to a live writer and is left alone. Offering the same response id
-any number of times, from any number of processes, is therefore harmless.
+Cluster. A process that dies between the steps leaves the response ``pending`` (the
+mark keeps the counters step 2 owes); an ``accrue`` of the same response id at least
+``PENDING_TAKEOVER_S`` later (a replay after failover) takes the mark over and finishes
+step 2 instead of skipping it, and so does ``finish_pending`` (the runner ending the
+call calls it), which needs no replay; a younger mark belongs to a live writer and is
+left alone. Offering the same response id any number of times, from any number of
+processes, is therefore harmless.
 
 USD totals are derived from the integer token counts with the price table when read
 (``call_cost``, ``cluster_totals``, ``profile_totals``), so they reconcile exactly with
@@ -47,9 +49,12 @@ from shared.accrual import (
     ACCRUE,
     MARK,
     PENDING_TAKEOVER_S,
+    TAKE_PENDING,
     Accrual,
+    PendingStep,
     accrual_result,
     outcome_counter,
+    pending_steps,
     plan_accrual,
 )
 from shared.errors import CallNotFound
@@ -89,6 +94,11 @@ def _outcome_counters(name: str, setup_s: float | None) -> list[tuple[str, int]]
     return [(name, 1), (setup_field(max(0.0, setup_s)), 1)]
 
 
+def _queue_step_two(pipe: Any, call_id: str, step: PendingStep) -> None:
+    _queue_counters(pipe, step.stats_keys, step.counters, step.profile)
+    pipe.hset(keys.call_counted(call_id), step.response_id, "done")
+
+
 class Accounting:
     """Synchronous face, for Celery workers and the command line."""
 
@@ -97,6 +107,7 @@ class Accounting:
         self.table = table or default_price_table()
         self._accrue = client.register_script(ACCRUE)
         self._mark = client.register_script(MARK)
+        self._take_pending = client.register_script(TAKE_PENDING)
 
     def accrue(
         self,
@@ -116,6 +127,18 @@ class Accounting:
             pipe.hset(keys.call_counted(call_id), response_id, "done")
             pipe.execute()
         return result
+
+    def finish_pending(self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S) -> int:
+        """Finish step 2 of every accrual of the call left pending at least ``takeover_s``
+        (by a writer that died between the steps); how many it finished."""
+        reply = self._take_pending(keys=[keys.call_counted(call_id)], args=[takeover_s])
+        steps = pending_steps(reply)
+        if steps:
+            pipe = self._redis.pipeline(transaction=True)
+            for step in steps:
+                _queue_step_two(pipe, call_id, step)
+            pipe.execute()
+        return len(steps)
 
     def count_outcome(
         self,
@@ -162,6 +185,7 @@ class AsyncAccounting:
         self.table = table or default_price_table()
         self._accrue = client.register_script(ACCRUE)
         self._mark = client.register_script(MARK)
+        self._take_pending = client.register_script(TAKE_PENDING)
 
     async def accrue(
         self,
@@ -215,6 +239,18 @@ class AsyncAccounting:
             )
 
         return await through_outage(attempt, deadline_s=deadline_s, on_retry=on_retry)
+
+    async def finish_pending(self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S) -> int:
+        """Finish step 2 of every accrual of the call left pending at least ``takeover_s``
+        (by a writer that died between the steps); how many it finished."""
+        reply = await self._take_pending(keys=[keys.call_counted(call_id)], args=[takeover_s])
+        steps = pending_steps(reply)
+        if steps:
+            pipe = self._redis.pipeline(transaction=True)
+            for step in steps:
+                _queue_step_two(pipe, call_id, step)
+            await pipe.execute()
+        return len(steps)
 
     async def count_outcome(
         self,

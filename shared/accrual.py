@@ -21,8 +21,10 @@ from shared.pricing import Cost, PriceTable, cost_of_tokens, token_counts
 from shared.usage_totals import check_label, outcome_field, token_fields
 
 # KEYS: record, counted, usage. ARGV: ttl, response id, cost (plain decimal string),
-# record usage increments as JSON, pending takeover age (s), then (field, count) pairs for
-# the usage hash. Reply: {status, cost_usd of the call}; status -1 no call, 0 counted
+# record usage increments as JSON, pending takeover age (s), the cluster counters as JSON
+# (kept in the pending mark, ``pending:<time>:<json>``, so whoever finishes step 2 for a
+# dead writer knows them), then (field, count) pairs for the usage hash. Reply: {status,
+# cost_usd of the call}; status -1 no call, 0 counted
 # before, 1 new, 2 a stale pending mark taken over (the cluster counters are due).
 ACCRUE = """
 local function dec_add(a, b)
@@ -55,10 +57,10 @@ local now = tonumber(redis.call('TIME')[1])
 local seen = redis.call('HGET', KEYS[2], ARGV[2])
 if seen then
   local status = 0
-  local since = tonumber(string.match(seen, '^pending:(%d+)$'))
+  local since = tonumber(string.match(seen, '^pending:(%d+):'))
   -- Only a pending mark older than any live writer's gap between the steps is taken over.
   if since and now - since >= tonumber(ARGV[5]) then
-    redis.call('HSET', KEYS[2], ARGV[2], 'pending:' .. now)
+    redis.call('HSET', KEYS[2], ARGV[2], 'pending:' .. now .. ':' .. ARGV[6])
     status = 2
   end
   return {status, redis.call('HGET', KEYS[1], 'cost_usd') or '0'}
@@ -71,9 +73,9 @@ if type(usage) ~= 'table' then usage = {} end
 for name, count in pairs(cjson.decode(ARGV[4])) do
   usage[name] = (tonumber(usage[name]) or 0) + count
 end
-for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'usage', cjson.encode(usage), 'cost_usd', cost)
-redis.call('HSET', KEYS[2], ARGV[2], 'pending:' .. now)
+redis.call('HSET', KEYS[2], ARGV[2], 'pending:' .. now .. ':' .. ARGV[6])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return {1, cost}
 """
@@ -84,6 +86,53 @@ local new = redis.call('HSETNX', KEYS[1], ARGV[2], '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return new
 """
+
+# KEYS: counted. ARGV: takeover age (s). Takes over every pending mark at least that old
+# (re-marked now, so a second taker within the age leaves them alone) and returns
+# [response id, cluster counters JSON, ...] for step 2.
+TAKE_PENDING = """
+local now = tonumber(redis.call('TIME')[1])
+local taken = {}
+local marks = redis.call('HGETALL', KEYS[1])
+for i = 1, #marks, 2 do
+  local since, counters = string.match(marks[i + 1], '^pending:(%d+):(.*)$')
+  if since and now - tonumber(since) >= tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], marks[i], 'pending:' .. now .. ':' .. counters)
+    table.insert(taken, marks[i])
+    table.insert(taken, counters)
+  end
+end
+return taken
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingStep:
+    """Step 2 of an accrual a dead writer left undone: the cluster counters it owes."""
+
+    response_id: str
+    profile: str | None
+    stats_keys: tuple[str, ...]
+    counters: tuple[tuple[str, int], ...]
+
+
+def pending_steps(reply: list[Any]) -> list[PendingStep]:
+    """``TAKE_PENDING``'s reply as the steps to finish (a mark that does not parse is
+    skipped: it cannot be finished, and it is never taken again by a live accrual)."""
+    steps = []
+    for raw_id, raw_counters in zip(reply[::2], reply[1::2], strict=True):
+        try:
+            data = orjson.loads(raw_counters)
+            profile = data["profile"]
+            counters = tuple((str(name), int(count)) for name, count in data["counters"])
+            stats = [keys.STATS]
+            if profile is not None:
+                stats.append(keys.stats_profile(check_label(profile, "profile")))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        steps.append(PendingStep(_text(raw_id), profile, tuple(stats), counters))
+    return steps
+
 
 MAX_RESPONSE_ID_LEN = 256
 PENDING_TAKEOVER_S = keys.LEASE_TTL_S
@@ -142,6 +191,7 @@ def plan_accrual(
         format(cost.total_usd, "f"),
         orjson.dumps(tokens.as_dict()),
         pending_takeover_s,
+        orjson.dumps({"profile": profile, "counters": counters}),
         *(part for pair in counters for part in pair),
     )
     script_keys = (keys.call_record(call_id), keys.call_counted(call_id), keys.call_usage(call_id))

@@ -15,6 +15,7 @@ import redis.asyncio
 
 from shared import keys
 from shared.accounting import Accounting, AsyncAccounting
+from shared.accrual import plan_accrual
 from shared.errors import CallNotFound
 from shared.models import CallRecord
 from shared.pricing import Cost, UnknownModelError, cost_of, default_price_table
@@ -167,30 +168,62 @@ def test_concurrent_accruals_from_threads_count_each_response_once(
     assert Decimal(redis_client.hget(keys.call_record("rtc_t"), "cost_usd")) == expected.total_usd
 
 
+def half_count(books: Accounting, call_id: str, response_id: str, u: dict[str, Any]) -> None:
+    """Step 1 of an accrual alone, as a process leaves it that died before the cluster
+    counters (step 2)."""
+    plan = plan_accrual(call_id, "support", "gpt-realtime", response_id, u, TABLE)
+    books._accrue(keys=plan.script_keys, args=plan.script_args)
+
+
+def age_mark(redis_client: redis.Redis, call_id: str, response_id: str, age_s: int) -> None:
+    counted = keys.call_counted(call_id)
+    mark = redis_client.hget(counted, response_id)
+    assert isinstance(mark, str)
+    assert mark.startswith("pending:")
+    _, since, counters = mark.split(":", 2)
+    redis_client.hset(counted, response_id, f"pending:{int(since) - age_s}:{counters}")
+
+
 def test_a_stale_pending_response_is_finished_by_the_replay(
     books: Accounting, redis_client: redis.Redis
 ) -> None:
     new_call(redis_client, "rtc_p")
     u = usage(text_in=100, text_out=10)
-    books.accrue("rtc_p", "support", "gpt-realtime", "resp_x", u)
-    # As a process leaves it that died between the call's script and the cluster
-    # counters: the cluster counters reverted, the mark pending for a while.
-    redis_client.delete(keys.STATS, keys.stats_profile("support"))
-    counted = keys.call_counted("rtc_p")
-    now = int(redis_client.time()[0])
-    redis_client.hset(counted, "resp_x", f"pending:{now}")
+    half_count(books, "rtc_p", "resp_x", u)
     books.accrue("rtc_p", "support", "gpt-realtime", "resp_x", u)
     assert books.cluster_totals().responses == 0, "a young pending mark is a live writer's"
 
-    redis_client.hset(counted, "resp_x", f"pending:{now - 60}")
+    age_mark(redis_client, "rtc_p", "resp_x", 60)
     result = books.accrue("rtc_p", "support", "gpt-realtime", "resp_x", u)
     assert not result.counted
     assert books.cluster_totals().cost == cost_of(u, "gpt-realtime", TABLE)
     assert books.profile_totals("support").responses == 1
-    assert redis_client.hget(counted, "resp_x") == "done"
+    assert redis_client.hget(keys.call_counted("rtc_p"), "resp_x") == "done"
     books.accrue("rtc_p", "support", "gpt-realtime", "resp_x", u)
     assert books.cluster_totals().responses == 1
     assert books.call_cost("rtc_p").responses == 1
+
+
+def test_a_stale_pending_response_is_finished_without_a_replay(
+    books: Accounting, redis_client: redis.Redis
+) -> None:
+    """The runner ending a call finishes what a killed runner left half counted."""
+    new_call(redis_client, "rtc_h")
+    first, second = usage(text_in=100, text_out=10), usage(audio_in=300, audio_out=40)
+    half_count(books, "rtc_h", "resp_1", first)
+    half_count(books, "rtc_h", "resp_2", second)
+    age_mark(redis_client, "rtc_h", "resp_1", 60)
+    assert books.finish_pending("rtc_h") == 1, "resp_2's young mark is a live writer's"
+    assert books.cluster_totals().cost == cost_of(first, "gpt-realtime", TABLE)
+    assert books.profile_totals("support").responses == 1
+
+    age_mark(redis_client, "rtc_h", "resp_2", 60)
+    assert books.finish_pending("rtc_h") == 1
+    assert books.finish_pending("rtc_h", takeover_s=0) == 0, "nothing is finished twice"
+    both = cost_of(first, "gpt-realtime", TABLE) + cost_of(second, "gpt-realtime", TABLE)
+    assert books.cluster_totals().cost == both
+    assert books.cluster_totals().cost == books.call_cost("rtc_h").cost
+    assert redis_client.hgetall(keys.call_counted("rtc_h")) == {"resp_1": "done", "resp_2": "done"}
 
 
 def test_bad_input_is_refused_and_changes_nothing(

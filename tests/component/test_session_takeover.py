@@ -26,11 +26,13 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from emulator.usage import ResponseUsage
 from shared import keys
+from shared.accounting import PENDING_TAKEOVER_S, Accounting
 from shared.policy_file import PolicySource
 from shared.pricing import cost_of, default_price_table
 from shared.realtime_client import AsyncRealtimeClient
 from shared.settings import Settings
 from shared.store import AsyncCallStore, CallStore
+from tests.component.test_accounting import age_mark, half_count
 from tests.support.control import create_incoming
 from tests.support.emulator import EmulatorHandle, running_emulator
 from tests.support.ports import free_port
@@ -459,3 +461,27 @@ async def test_a_call_gone_before_its_first_attach_ends_caller_gone(stack: Sessi
     record = stack.raw_record(call_id)
     assert record["end_reason"] == "caller_gone"
     assert stack.emu.call(call_id, events=False)["attachments"] == []
+
+
+async def test_a_bill_a_killed_runner_left_half_counted_reaches_the_cluster_totals(
+    stack: SessionStack,
+) -> None:
+    """Step 1 of an accrual done (the call's cost), step 2 (the cluster's) not: the runner
+    that ends the call finishes it."""
+    call_id = stack.place_call("steady-call")
+    books = Accounting(stack.rdb)
+    bill = {"input_tokens": 120, "output_tokens": 30, "input_token_details": {"text_tokens": 120}}
+    bill["output_token_details"] = {"text_tokens": 30}
+    half_count(books, call_id, "resp_left", bill)
+    age_mark(stack.rdb, call_id, "resp_left", PENDING_TAKEOVER_S)
+    async with hosting(stack.settings, stack.policy_path, "r-finisher") as host:
+        worker = await host.take_on(call_id)
+        await wait_until_async(lambda: worker.socket is not None, 10.0, "the sideband attached")
+        gone = httpx.post(
+            f"{stack.emu.api_url}/realtime/calls/{call_id}/hangup",
+            headers={"Authorization": f"Bearer {stack.emu.api_key}"},
+        )
+        assert gone.status_code == 200
+        await _ended(stack, call_id)
+    assert stack.rdb.hget(keys.call_counted(call_id), "resp_left") == "done"
+    assert books.cluster_totals().cost == books.call_cost(call_id).cost

@@ -268,6 +268,20 @@ class CallEffects:
             logger.warning("call %s: its %s was claimed already", w.call_id, claim.action)
         return claimed
 
+    async def _finish_pending_bills(self) -> None:
+        """Put into the cluster totals the bills of this call that a runner killed between
+        an accrual's two steps left half counted (``AsyncAccounting.finish_pending``)."""
+        call_id = self._w.call_id
+        try:
+            finished = await through_outage(
+                lambda: self._accounting.finish_pending(call_id), deadline_s=OUTAGE_S
+            )
+        except TRANSIENT_ERRORS as exc:
+            logger.error("call %s: half-counted bills not finished: %s", call_id, exc)
+            return
+        if finished:
+            logger.info("call %s: finished %d half-counted bills", call_id, finished)
+
     async def _control(self, effect: Refer | Hangup) -> None:
         w = self._w
         claim, self._claimed = self._claimed, None
@@ -291,6 +305,7 @@ class CallEffects:
     async def _end(self, effect: EndCall) -> None:
         w = self._w
         await self._biller.counted()  # the final record and the post-call summary hold them
+        await self._finish_pending_bills()
         services, state, now_s = w.services, w.core.state, time.time()
         started_at = state.started_at or w.plan.started_at or now_s
         duration_s = round(max(0.0, now_s - started_at), 3)
