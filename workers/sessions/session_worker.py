@@ -38,8 +38,9 @@ import time
 from typing import Any
 
 from shared.commands import QueuedCommand
+from shared.outage import through_outage
 from workers.sessions.attachment import Attachment
-from workers.sessions.call_effects import CallEffects, Note
+from workers.sessions.call_effects import OUTAGE_S, CallEffects, Note
 from workers.sessions.commands import Command
 from workers.sessions.connection import Sideband
 from workers.sessions.effects import AccrueUsage, Effect, RunTool
@@ -367,4 +368,7 @@ class SessionWorker:
         ops = self.services.store.snapshot_op(
             self.lease, self.core.snapshot(), self.cursor, time.time()
         )
-        await self.services.store.write(self.lease, ops)
+        # Through a Redis restart, as every other write of the pump: a fenced write of the
+        # same snapshot is safe to repeat, and failing would fail the session.
+        store, lease = self.services.store, self.lease
+        await through_outage(lambda: store.write(lease, ops), deadline_s=OUTAGE_S)
