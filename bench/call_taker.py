@@ -4,8 +4,9 @@ Without runners, every accepted call would stay ``accepting`` on the pending lis
 and the recovery sweep each control worker runs every second would look at all of
 them, more at every second of the benchmark: in a deployment, runners take calls off
 that list within milliseconds. ``CallTaker`` takes each call off the list as a runner
-would and ends it at once (``accepting -> ended``), so the sweep sees what it sees
-beside runners that keep up. It runs on a thread of the benchmark's own process.
+would, ends it at once (``accepting -> ended``) and gives its admission slot back, as a
+runner ending a call does (otherwise the sweep would release every slot itself, one
+round trip each), so the sweep sees what it sees beside runners that keep up. It runs on a thread of the benchmark's own process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import redis
 from shared import keys
 from shared.models import CallState, EndReason
 from shared.store import CallStore
+from workers.admission import Admission
 
 POP_TIMEOUT_S = 0.2
 
@@ -28,6 +30,7 @@ class CallTaker:
     def __init__(self, redis_url: str) -> None:
         self._client = redis.Redis.from_url(redis_url, decode_responses=True)
         self._store = CallStore(self._client)
+        self._admission = Admission(self._client)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="call-taker", daemon=True)
         self.taken = 0
@@ -53,4 +56,5 @@ class CallTaker:
             if popped is None:
                 continue
             self._store.transition(popped[1], CallState.ACCEPTING, CallState.ENDED, fields)
+            self._admission.release(popped[1])
             self.taken += 1

@@ -12,8 +12,9 @@ HEADER = """\
 # Benchmark results
 
 Produced by `make bench` (`python -m bench`); each row's command reproduces its figure
-alone. Targets are those of `docs/performance.md`. The machine is shared and noisy:
-other test runs were using the same cores while these figures were taken.
+alone. Targets are those of `docs/performance.md`. Each benchmark runs the system
+under test, the emulator producing its load, the load generator and Redis on the same
+cores, so tails include time spent waiting for a core.
 
 Machine: {nproc} cores, {cpu_model}, Python {python} ({platform}); load average at
 the start of the summary: {loadavg_1m}.
