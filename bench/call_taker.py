@@ -6,7 +6,8 @@ them, more at every second of the benchmark: in a deployment, runners take calls
 that list within milliseconds. ``CallTaker`` takes each call off the list as a runner
 would, ends it at once (``accepting -> ended``) and gives its admission slot back, as a
 runner ending a call does (otherwise the sweep would release every slot itself, one
-round trip each), so the sweep sees what it sees beside runners that keep up. It runs on a thread of the benchmark's own process.
+round trip each), so the sweep sees what it sees beside runners that keep up. It runs
+on a thread of the benchmark's own process.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ the client may re-attach) and ``malformed_event_rate`` adds a broken or unknown 
 Responses run as tasks on the session's clock: ``response.created``, a think pause,
 the output events with transcript deltas at twice real-time speed, ``response.done``
 (its usage added to ground truth), then ``output_audio_buffer.stopped`` once the
-caller has heard it all. Pauses are scenario seconds times ``config.time_scale``.
+caller has heard it all. A cancelled response stops generating, but the caller still
+hears the audio generated so far; ``output_audio_buffer.clear`` cuts it off and is
+answered with ``output_audio_buffer.cleared`` instead of ``stopped``. Pauses are
+scenario seconds times ``config.time_scale``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from emulator.context import EmulatorContext
 from emulator.model import ScriptedModel
 from emulator.response import ScriptedResponse, event
 from emulator.state import Attachment, ClosedBy, EmulatedCall
+from emulator.usage import speech_s
 
 THINK_S = 0.3
 """Scenario seconds between ``response.created`` and the first output."""
@@ -241,12 +245,13 @@ class LiveSession:
     async def _run(self, response: ScriptedResponse) -> None:
         await self.broadcast(response.created())
         cancelled = await self._pause(THINK_S)
+        opened_at = time.monotonic()
         if not cancelled:
             await self.broadcast_all(response.opening())
             if response.audio:
                 self._cut.clear()
                 self.playing_id = response.id
-                self.playing_until = time.monotonic() + response.playback_s * self.scale_s
+                self.playing_until = opened_at + response.playback_s * self.scale_s
             gap_s = response.playback_s / 2 / len(response.deltas) if response.audio else 0
             for _ in response.deltas:
                 await self.broadcast(response.next_delta())
@@ -260,11 +265,14 @@ class LiveSession:
         await self.broadcast_all(events)
         self.response = None
         self.notify()
-        if response.audio and not cancelled and await self._played():
-            await self.broadcast(response.stopped())
-        elif response.audio and cancelled and response.opened:
-            self.playing_until = time.monotonic()
-            await self.broadcast(response.stopped())
+        if response.audio and response.opened:
+            if cancelled:
+                # The caller still hears the audio generated before the cancel; only
+                # ``output_audio_buffer.clear`` cuts it off (and is answered ``cleared``).
+                generated_s = speech_s(response.spoken()) * self.scale_s
+                self.playing_until = min(self.playing_until, opened_at + generated_s)
+            if await self._played():
+                await self.broadcast(response.stopped())
         if response.kind == "message" and not cancelled:
             self.replies_done += 1
         self.quiet_since = time.monotonic()

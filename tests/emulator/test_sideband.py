@@ -260,6 +260,39 @@ async def test_events_of_client_requests_validate_against_the_sdk(tmp_path: Path
     assert types_of(truth["events_sent"]) == types_of(frames.seen)
 
 
+async def test_a_cancelled_reply_plays_what_was_generated_until_cleared(tmp_path: Path) -> None:
+    """``response.cancel`` stops generation, not playback: the audio generated so far
+    plays on and ends with ``stopped``, unless ``output_audio_buffer.clear`` cuts it,
+    which is answered with ``cleared``."""
+    (tmp_path / "on-hold.yaml").write_text(ON_HOLD, encoding="utf-8")
+    with fast_emulator(time_scale=0.2, scenario_dirs=[tmp_path]) as emu:
+        async with sdk(emu) as client:
+            call_id = await place_and_accept(emu, client, "on-hold")
+            async with attached(emu, call_id) as ws:
+                frames = Frames(ws)
+                await frames.until("session.created")
+                speak = {"instructions": f'Say "{LONG_LINE}"'}
+                endings = []
+                for clear in (False, True):
+                    await frames.send(type="response.create", response=speak)
+                    await frames.until("response.output_audio_transcript.delta")
+                    await frames.send(type="response.cancel")
+                    done = (await frames.until("response.done"))[-1]["response"]
+                    if clear:
+                        await frames.send(type="output_audio_buffer.clear")
+                    ending = await frames.next()
+                    endings.append((done, ending))
+                await client.realtime.calls.hangup(call_id)
+    for (done, ending), expected in zip(endings, ("stopped", "cleared"), strict=True):
+        assert done["status"] == "cancelled"
+        transcript = done["output"][0]["content"][0]["transcript"]
+        assert transcript
+        assert LONG_LINE.startswith(transcript)
+        assert transcript != LONG_LINE
+        assert ending["type"] == f"output_audio_buffer.{expected}"
+        assert ending["response_id"] == done["id"]
+
+
 async def test_sdk_attaches_and_answers_a_tool_call(emu: EmulatorHandle) -> None:
     async with sdk(emu) as client:
         call_id = await place_and_accept(emu, client, "order-status", tools=TOOLS)
