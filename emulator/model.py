@@ -7,9 +7,10 @@ response bills as input (``emulator.usage``). ``plan`` returns the next
 ``ScriptedResponse``; the session runtime decides when each of its events is sent.
 
 What the model says is scripted, never generated: an answer to a function call output
-mentions that output; otherwise ``response.instructions`` (the quoted part if any, else
-the text itself); otherwise the scenario's reply to the caller's last turn, or a call to
-the scenario's tool when the session declares it; otherwise a greeting or a stock line.
+mentions that output; otherwise ``response.instructions`` (the text after the colon of
+a "Say ...:" instruction, else the quoted part if any, else the text itself); otherwise
+the scenario's reply to the caller's last turn, or a call to the scenario's tool when
+the session declares it; otherwise a greeting or a stock line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ IDLE_PROMPT = "Are you still there? I'm happy to help whenever you're ready."
 DEFAULT_REPLY = "I see. Is there anything else I can help you with?"
 DEFAULT_AFTER_TOOL = "Thanks for waiting. Here is what I found: {output}"
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”")
+_SAY_COLON = re.compile(r"\s*say\b[^:\"“]*:\s*(\S.*)", re.IGNORECASE | re.DOTALL)
+"""``Say the following to the caller, word for word: Goodbye.`` -> ``Goodbye.``"""
 _MAX_SPOKEN_WORDS = 60
 _CONTENT_TYPES = {
     "user": ("input_text", "input_audio", "input_image"),
@@ -47,9 +50,16 @@ def _words(text: str, limit: int = _MAX_SPOKEN_WORDS) -> str:
 
 
 def speech_from_instructions(instructions: str) -> str:
-    """What the model says when told to: the quoted part, else the instructions themselves."""
+    """What the model says when told to: what follows the colon of a "Say ...: text"
+    instruction, else the quoted part, else the instructions themselves."""
+    told = _SAY_COLON.match(instructions)
     quoted = _QUOTED.search(instructions)
-    spoken = next(group for group in quoted.groups() if group) if quoted else instructions
+    if told:
+        spoken = told.group(1)
+    elif quoted:
+        spoken = next(group for group in quoted.groups() if group)
+    else:
+        spoken = instructions
     return _words(spoken) or GREETING
 
 
