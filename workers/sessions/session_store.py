@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ import redis.asyncio
 from shared import keys
 from shared.command_rules import parse_result
 from shared.models import CallState, EndReason, encode_value
+from shared.outage import through_outage
 from shared.pricing import Cost
 from workers.sessions.effects import ClaimControl
 from workers.sessions.lease import Lease, Leases, Op, Transition
@@ -310,6 +311,22 @@ class SessionStore:
         batch = list(ops)
         if batch or check:
             await self.leases.fenced(lease, batch)
+
+    async def save_snapshot(
+        self,
+        lease: Lease,
+        core: Mapping[str, Any],
+        cursor: str,
+        now_s: float,
+        *,
+        outage_s: float,
+        on_retry: Callable[[Exception], None] | None = None,
+    ) -> None:
+        """Save the worker's snapshot (fenced; raises ``Stale``), retried through a Redis
+        outage of up to ``outage_s`` seconds: the same fenced write is safe to repeat, and
+        giving up would fail the session."""
+        ops = self.snapshot_op(lease, core, cursor, now_s)
+        await through_outage(lambda: self.write(lease, ops), deadline_s=outage_s, on_retry=on_retry)
 
     # Writes with an answer ----------------------------------------------------------
 

@@ -38,7 +38,6 @@ import time
 from typing import Any
 
 from shared.commands import QueuedCommand
-from shared.outage import through_outage
 from workers.sessions.attachment import Attachment
 from workers.sessions.call_effects import OUTAGE_S, CallEffects, Note
 from workers.sessions.commands import Command
@@ -365,10 +364,7 @@ class SessionWorker:
         """Save the snapshot now: taken synchronously, so it matches what was written."""
         if self.lost:
             return
-        ops = self.services.store.snapshot_op(
-            self.lease, self.core.snapshot(), self.cursor, time.time()
+        # Through a Redis restart, as every other write of the pump.
+        await self.services.store.save_snapshot(
+            self.lease, self.core.snapshot(), self.cursor, time.time(), outage_s=OUTAGE_S
         )
-        # Through a Redis restart, as every other write of the pump: a fenced write of the
-        # same snapshot is safe to repeat, and failing would fail the session.
-        store, lease = self.services.store, self.lease
-        await through_outage(lambda: store.write(lease, ops), deadline_s=OUTAGE_S)
