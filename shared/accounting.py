@@ -17,10 +17,12 @@ The cluster hashes live in other slots, so they cannot join the script on Redis
 Cluster. A process that dies between the steps leaves the response ``pending`` (the
 mark keeps the counters step 2 owes); an ``accrue`` of the same response id at least
 ``PENDING_TAKEOVER_S`` later (a replay after failover) takes the mark over and finishes
-step 2 instead of skipping it, and so does ``finish_pending`` (the runner ending the
-call calls it), which needs no replay; a younger mark belongs to a live writer and is
-left alone. Offering the same response id any number of times, from any number of
-processes, is therefore harmless.
+step 2 instead of skipping it, and so does ``finish_pending``, which needs no replay; a
+younger mark belongs to a live writer and is left alone. The runner ending a call calls
+``finish_pending_when_due``, which also waits for the younger marks to come due: a
+runner killed just before the call ended leaves one, and no replay follows an end.
+Offering the same response id any number of times, from any number of processes, is
+therefore harmless.
 
 USD totals are derived from the integer token counts with the price table when read
 (``call_cost``, ``cluster_totals``, ``profile_totals``), so they reconcile exactly with
@@ -38,6 +40,7 @@ before anything is written; an unknown call raises ``CallNotFound``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -54,6 +57,7 @@ from shared.accrual import (
     PendingStep,
     accrual_result,
     outcome_counter,
+    pending_due_in_s,
     pending_steps,
     plan_accrual,
 )
@@ -61,6 +65,9 @@ from shared.errors import CallNotFound
 from shared.outage import through_outage
 from shared.pricing import PriceTable, default_price_table
 from shared.usage_totals import Totals, check_label, setup_field, totals_from_hash
+
+DUE_MARGIN_S = 0.05
+"""Waited beyond a pending mark's due time, for Redis's clock to be past it too."""
 
 __all__ = [
     "PENDING_TAKEOVER_S",
@@ -251,6 +258,33 @@ class AsyncAccounting:
                 _queue_step_two(pipe, call_id, step)
             await pipe.execute()
         return len(steps)
+
+    async def pending_due_in_s(
+        self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S
+    ) -> float | None:
+        """Seconds until every accrual of the call still pending can be taken over; None
+        when none is."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hvals(keys.call_counted(call_id))
+        pipe.time()
+        marks, (seconds, micros) = await pipe.execute()
+        return pending_due_in_s(marks, seconds + micros / 1e6, takeover_s)
+
+    async def finish_pending_when_due(
+        self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S, rounds: int = 3
+    ) -> int:
+        """``finish_pending``, then, for marks too young to take over, wait until they
+        are due and finish what is still pending then (a live writer finishes its own
+        within a round trip, so what is left was a dead writer's). For the end of a call,
+        after which no replay will come; at most ``rounds`` waits. How many it finished."""
+        finished = await self.finish_pending(call_id, takeover_s=takeover_s)
+        for _ in range(rounds):
+            due_s = await self.pending_due_in_s(call_id, takeover_s=takeover_s)
+            if due_s is None:
+                break
+            await asyncio.sleep(due_s + DUE_MARGIN_S)
+            finished += await self.finish_pending(call_id, takeover_s=takeover_s)
+        return finished
 
     async def count_outcome(
         self,

@@ -8,7 +8,8 @@ response guard, the call's counters, the record's ``usage`` and exact ``cost_usd
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -132,6 +133,22 @@ def pending_steps(reply: list[Any]) -> list[PendingStep]:
             continue
         steps.append(PendingStep(_text(raw_id), profile, tuple(stats), counters))
     return steps
+
+
+def pending_due_in_s(marks: Iterable[Any], now_s: float, takeover_s: int) -> float | None:
+    """Seconds until every pending mark among ``marks`` (the values of a call's
+    ``counted`` hash) can be taken over (``TAKE_PENDING`` at Redis time ``now_s``); None
+    when none is pending."""
+    due_s = None
+    for mark in marks:
+        found = _PENDING_SINCE.match(_text(mark))
+        if found:
+            wait_s = max(0.0, int(found.group(1)) + takeover_s - now_s)
+            due_s = wait_s if due_s is None else max(due_s, wait_s)
+    return due_s
+
+
+_PENDING_SINCE = re.compile(r"pending:(\d+):")
 
 
 MAX_RESPONSE_ID_LEN = 256

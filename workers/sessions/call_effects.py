@@ -270,11 +270,12 @@ class CallEffects:
 
     async def _finish_pending_bills(self) -> None:
         """Put into the cluster totals the bills of this call that a runner killed between
-        an accrual's two steps left half counted (``AsyncAccounting.finish_pending``)."""
+        an accrual's two steps left half counted, waiting for marks too young to take over
+        (``AsyncAccounting.finish_pending_when_due``)."""
         call_id = self._w.call_id
         try:
             finished = await through_outage(
-                lambda: self._accounting.finish_pending(call_id), deadline_s=OUTAGE_S
+                lambda: self._accounting.finish_pending_when_due(call_id), deadline_s=OUTAGE_S
             )
         except TRANSIENT_ERRORS as exc:
             logger.error("call %s: half-counted bills not finished: %s", call_id, exc)
