@@ -55,11 +55,11 @@ from shared.accrual import (
     TAKE_PENDING,
     Accrual,
     PendingStep,
+    TakenPending,
     accrual_result,
     outcome_counter,
-    pending_due_in_s,
-    pending_steps,
     plan_accrual,
+    taken_pending,
 )
 from shared.errors import CallNotFound
 from shared.outage import through_outage
@@ -139,7 +139,7 @@ class Accounting:
         """Finish step 2 of every accrual of the call left pending at least ``takeover_s``
         (by a writer that died between the steps); how many it finished."""
         reply = self._take_pending(keys=[keys.call_counted(call_id)], args=[takeover_s])
-        steps = pending_steps(reply)
+        steps = taken_pending(reply, takeover_s).steps
         if steps:
             pipe = self._redis.pipeline(transaction=True)
             for step in steps:
@@ -250,25 +250,7 @@ class AsyncAccounting:
     async def finish_pending(self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S) -> int:
         """Finish step 2 of every accrual of the call left pending at least ``takeover_s``
         (by a writer that died between the steps); how many it finished."""
-        reply = await self._take_pending(keys=[keys.call_counted(call_id)], args=[takeover_s])
-        steps = pending_steps(reply)
-        if steps:
-            pipe = self._redis.pipeline(transaction=True)
-            for step in steps:
-                _queue_step_two(pipe, call_id, step)
-            await pipe.execute()
-        return len(steps)
-
-    async def pending_due_in_s(
-        self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S
-    ) -> float | None:
-        """Seconds until every accrual of the call still pending can be taken over; None
-        when none is."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hvals(keys.call_counted(call_id))
-        pipe.time()
-        marks, (seconds, micros) = await pipe.execute()
-        return pending_due_in_s(marks, seconds + micros / 1e6, takeover_s)
+        return len((await self._finish_pending(call_id, takeover_s)).steps)
 
     async def finish_pending_when_due(
         self, call_id: str, *, takeover_s: int = PENDING_TAKEOVER_S, rounds: int = 3
@@ -277,14 +259,25 @@ class AsyncAccounting:
         are due and finish what is still pending then (a live writer finishes its own
         within a round trip, so what is left was a dead writer's). For the end of a call,
         after which no replay will come; at most ``rounds`` waits. How many it finished."""
-        finished = await self.finish_pending(call_id, takeover_s=takeover_s)
+        taken = await self._finish_pending(call_id, takeover_s)
+        finished = len(taken.steps)
         for _ in range(rounds):
-            due_s = await self.pending_due_in_s(call_id, takeover_s=takeover_s)
-            if due_s is None:
+            if taken.due_in_s is None:
                 break
-            await asyncio.sleep(due_s + DUE_MARGIN_S)
-            finished += await self.finish_pending(call_id, takeover_s=takeover_s)
+            await asyncio.sleep(taken.due_in_s + DUE_MARGIN_S)
+            taken = await self._finish_pending(call_id, takeover_s)
+            finished += len(taken.steps)
         return finished
+
+    async def _finish_pending(self, call_id: str, takeover_s: int) -> TakenPending:
+        reply = await self._take_pending(keys=[keys.call_counted(call_id)], args=[takeover_s])
+        taken = taken_pending(reply, takeover_s)
+        if taken.steps:
+            pipe = self._redis.pipeline(transaction=True)
+            for step in taken.steps:
+                _queue_step_two(pipe, call_id, step)
+            await pipe.execute()
+        return taken
 
     async def count_outcome(
         self,

@@ -8,8 +8,7 @@ response guard, the call's counters, the record's ``usage`` and exact ``cost_usd
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -90,10 +89,12 @@ return new
 
 # KEYS: counted. ARGV: takeover age (s). Takes over every pending mark at least that old
 # (re-marked now, so a second taker within the age leaves them alone) and returns
-# [response id, cluster counters JSON, ...] for step 2.
+# [youngest mark left pending (its time; -1: none), Redis time (s, us), then response id,
+# cluster counters JSON, ...] for step 2.
 TAKE_PENDING = """
-local now = tonumber(redis.call('TIME')[1])
-local taken = {}
+local time = redis.call('TIME')
+local now = tonumber(time[1])
+local taken = {-1, time[1], time[2]}
 local marks = redis.call('HGETALL', KEYS[1])
 for i = 1, #marks, 2 do
   local since, counters = string.match(marks[i + 1], '^pending:(%d+):(.*)$')
@@ -101,6 +102,8 @@ for i = 1, #marks, 2 do
     redis.call('HSET', KEYS[1], marks[i], 'pending:' .. now .. ':' .. counters)
     table.insert(taken, marks[i])
     table.insert(taken, counters)
+  elseif since and tonumber(since) > taken[1] then
+    taken[1] = tonumber(since)
   end
 end
 return taken
@@ -135,20 +138,22 @@ def pending_steps(reply: list[Any]) -> list[PendingStep]:
     return steps
 
 
-def pending_due_in_s(marks: Iterable[Any], now_s: float, takeover_s: int) -> float | None:
-    """Seconds until every pending mark among ``marks`` (the values of a call's
-    ``counted`` hash) can be taken over (``TAKE_PENDING`` at Redis time ``now_s``); None
-    when none is pending."""
-    due_s = None
-    for mark in marks:
-        found = _PENDING_SINCE.match(_text(mark))
-        if found:
-            wait_s = max(0.0, int(found.group(1)) + takeover_s - now_s)
-            due_s = wait_s if due_s is None else max(due_s, wait_s)
-    return due_s
+@dataclass(frozen=True, slots=True)
+class TakenPending:
+    """What one ``TAKE_PENDING`` took over, and when the marks it left come due."""
+
+    steps: list[PendingStep]
+    due_in_s: float | None
+    """Seconds until every mark it left pending (too young to take over) can be taken
+    over; None when it left none."""
 
 
-_PENDING_SINCE = re.compile(r"pending:(\d+):")
+def taken_pending(reply: list[Any], takeover_s: int) -> TakenPending:
+    """``TAKE_PENDING``'s reply, for a takeover age of ``takeover_s``."""
+    youngest, seconds, micros = int(reply[0]), int(reply[1]), int(reply[2])
+    now_s = seconds + micros / 1e6
+    due_in_s = None if youngest < 0 else max(0.0, youngest + takeover_s - now_s)
+    return TakenPending(pending_steps(reply[3:]), due_in_s)
 
 
 MAX_RESPONSE_ID_LEN = 256

@@ -15,7 +15,7 @@ import redis.asyncio
 
 from shared import keys
 from shared.accounting import Accounting, AsyncAccounting
-from shared.accrual import plan_accrual
+from shared.accrual import PENDING_TAKEOVER_S, plan_accrual, taken_pending
 from shared.errors import CallNotFound
 from shared.models import CallRecord
 from shared.pricing import Cost, UnknownModelError, cost_of, default_price_table
@@ -202,6 +202,23 @@ def test_a_stale_pending_response_is_finished_by_the_replay(
     books.accrue("rtc_p", "support", "gpt-realtime", "resp_x", u)
     assert books.cluster_totals().responses == 1
     assert books.call_cost("rtc_p").responses == 1
+
+
+def test_a_takeover_says_when_the_youngest_mark_it_left_comes_due(
+    books: Accounting, redis_client: redis.Redis
+) -> None:
+    new_call(redis_client, "rtc_d")
+    for response_id, age_s in (("resp_old", 60), ("resp_1s", 1), ("resp_2s", 2)):
+        half_count(books, "rtc_d", response_id, usage(text_in=10, text_out=1))
+        age_mark(redis_client, "rtc_d", response_id, age_s)
+    mark = redis_client.hget(keys.call_counted("rtc_d"), "resp_1s")
+    assert isinstance(mark, str)
+    youngest = int(mark.split(":")[1])
+    reply = books._take_pending(keys=[keys.call_counted("rtc_d")], args=[PENDING_TAKEOVER_S])
+    taken = taken_pending(reply, PENDING_TAKEOVER_S)
+    assert [step.response_id for step in taken.steps] == ["resp_old"]
+    now_s = int(reply[1]) + int(reply[2]) / 1e6
+    assert taken.due_in_s == pytest.approx(youngest + PENDING_TAKEOVER_S - now_s)
 
 
 def test_a_stale_pending_response_is_finished_without_a_replay(

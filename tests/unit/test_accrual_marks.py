@@ -1,26 +1,31 @@
-"""When a call's pending accrual marks come due for a takeover (pure)."""
+"""When the pending accrual marks a takeover left come due (pure: ``TAKE_PENDING``'s
+reply read)."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.accrual import pending_due_in_s
+from shared.accrual import taken_pending
 
 
-def test_no_pending_mark_is_never_due() -> None:
-    assert pending_due_in_s(["done", "1", b"done"], 1000.0, 3) is None
+def test_no_pending_mark_left_is_never_due() -> None:
+    taken = taken_pending([-1, b"1000", b"0", b"resp_1", b'{"profile": null, "counters": []}'], 3)
+    assert taken.due_in_s is None
+    assert [step.response_id for step in taken.steps] == ["resp_1"]
 
 
 @pytest.mark.parametrize(
-    ("marks", "now_s", "due_s"),
+    ("youngest", "now", "due_s"),
     [
-        (["pending:1000:{}"], 1000.25, 2.75),
-        ([b"pending:1000:{}", "done"], 1003.0, 0.0),
-        (["pending:990:{}"], 1000.0, 0.0),
-        (["pending:999:{}", "pending:1001:{}", "done"], 1000.5, 3.5),
+        (1000, (1000, 250000), 2.75),
+        (1000, (1003, 0), 0.0),
+        (990, (1000, 0), 0.0),
+        (1001, (1000, 500000), 3.5),
     ],
 )
-def test_the_youngest_pending_mark_sets_when_all_are_due(
-    marks: list[str | bytes], now_s: float, due_s: float
+def test_the_youngest_mark_left_sets_when_all_are_due(
+    youngest: int, now: tuple[int, int], due_s: float
 ) -> None:
-    assert pending_due_in_s(marks, now_s, 3) == pytest.approx(due_s)
+    taken = taken_pending([youngest, str(now[0]), str(now[1])], 3)
+    assert taken.steps == []
+    assert taken.due_in_s == pytest.approx(due_s)
