@@ -4,11 +4,14 @@ attach, tool flow, client events, handshake refusals, hangup, faults and re-atta
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from openai import AsyncOpenAI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
@@ -194,7 +197,12 @@ ON_HOLD += "  - silence_s: 600\n"
 LONG_LINE = " ".join(["Please hold while I look into every detail of your request."] * 3)
 
 
-async def test_events_of_client_requests_validate_against_the_sdk(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def on_hold_call(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[EmulatorHandle, AsyncOpenAI, str, Frames]]:
+    """A silent caller's call on a fast emulator, accepted through the SDK and attached,
+    its ``session.created`` read: the emulator, the SDK client, the call id, the frames."""
     (tmp_path / "on-hold.yaml").write_text(ON_HOLD, encoding="utf-8")
     with fast_emulator(time_scale=0.2, scenario_dirs=[tmp_path]) as emu:
         async with sdk(emu) as client:
@@ -202,43 +210,48 @@ async def test_events_of_client_requests_validate_against_the_sdk(tmp_path: Path
             async with attached(emu, call_id) as ws:
                 frames = Frames(ws)
                 await frames.until("session.created")
-                user = {"type": "message", "id": "item_user_1", "role": "user"}
-                user["content"] = [{"type": "input_text", "text": "Where is my parcel?"}]
-                await frames.send(type="conversation.item.create", item=user)
-                await frames.until("conversation.item.done")
-                speak = {"instructions": f'Say "{LONG_LINE}"'}
-                await frames.send(type="response.create", response=speak)
-                spoken = (await frames.until("response.done"))[-1]["response"]
-                await frames.send(type="output_audio_buffer.clear")  # still playing
-                cleared = (await frames.until("output_audio_buffer.cleared"))[-1]
-                reply_id = spoken["output"][0]["id"]
-                truncate = {"item_id": reply_id, "content_index": 0, "audio_end_ms": 1500}
-                await frames.send(type="conversation.item.truncate", **truncate)
-                truncated = (await frames.until("conversation.item.truncated"))[-1]
-                await frames.send(type="conversation.item.retrieve", item_id="item_user_1")
-                retrieved = (await frames.until("conversation.item.retrieved"))[-1]
-                await frames.send(type="response.create", response=speak)
-                await frames.until("response.created")
-                await frames.send(type="response.cancel")
-                cancelled = (await frames.until("response.done"))[-1]["response"]
-                await frames.send(type="input_audio_buffer.clear")
-                await frames.until("input_audio_buffer.cleared")
-                await frames.send(type="conversation.item.delete", item_id="item_user_1")
-                deleted = (await frames.until("conversation.item.deleted"))[-1]
-                bad = [
-                    {"type": "conversation.item.retrieve", "item_id": "item_user_1"},
-                    {"type": "conversation.item.delete", "item_id": "item_user_1"},
-                    {"type": "conversation.item.truncate", "item_id": "item_nope"},
-                    {"type": "response.cancel"},
-                    {"type": "input_audio_buffer.commit"},
-                    {"type": "session.update", "session": {"type": "realtime", "speed": 1}},
-                ]
-                for index, body in enumerate(bad):
-                    await frames.send(**body, event_id=f"bad_{index}")
-                while len([f for f in frames.seen if f["type"] == "error"]) < len(bad):
-                    await frames.next()
-                await client.realtime.calls.hangup(call_id)
-                await frames.rest()
+                yield emu, client, call_id, frames
+
+
+async def test_events_of_client_requests_validate_against_the_sdk(tmp_path: Path) -> None:
+    async with on_hold_call(tmp_path) as (emu, client, call_id, frames):
+        user = {"type": "message", "id": "item_user_1", "role": "user"}
+        user["content"] = [{"type": "input_text", "text": "Where is my parcel?"}]
+        await frames.send(type="conversation.item.create", item=user)
+        await frames.until("conversation.item.done")
+        speak = {"instructions": f'Say "{LONG_LINE}"'}
+        await frames.send(type="response.create", response=speak)
+        spoken = (await frames.until("response.done"))[-1]["response"]
+        await frames.send(type="output_audio_buffer.clear")  # still playing
+        cleared = (await frames.until("output_audio_buffer.cleared"))[-1]
+        reply_id = spoken["output"][0]["id"]
+        truncate = {"item_id": reply_id, "content_index": 0, "audio_end_ms": 1500}
+        await frames.send(type="conversation.item.truncate", **truncate)
+        truncated = (await frames.until("conversation.item.truncated"))[-1]
+        await frames.send(type="conversation.item.retrieve", item_id="item_user_1")
+        retrieved = (await frames.until("conversation.item.retrieved"))[-1]
+        await frames.send(type="response.create", response=speak)
+        await frames.until("response.created")
+        await frames.send(type="response.cancel")
+        cancelled = (await frames.until("response.done"))[-1]["response"]
+        await frames.send(type="input_audio_buffer.clear")
+        await frames.until("input_audio_buffer.cleared")
+        await frames.send(type="conversation.item.delete", item_id="item_user_1")
+        deleted = (await frames.until("conversation.item.deleted"))[-1]
+        bad = [
+            {"type": "conversation.item.retrieve", "item_id": "item_user_1"},
+            {"type": "conversation.item.delete", "item_id": "item_user_1"},
+            {"type": "conversation.item.truncate", "item_id": "item_nope"},
+            {"type": "response.cancel"},
+            {"type": "input_audio_buffer.commit"},
+            {"type": "session.update", "session": {"type": "realtime", "speed": 1}},
+        ]
+        for index, body in enumerate(bad):
+            await frames.send(**body, event_id=f"bad_{index}")
+        while len([f for f in frames.seen if f["type"] == "error"]) < len(bad):
+            await frames.next()
+        await client.realtime.calls.hangup(call_id)
+        await frames.rest()
         truth = emu.call(call_id)
     assert (spoken["status"], cancelled["status"]) == ("completed", "cancelled")
     assert cancelled["status_details"]["reason"] == "client_cancelled"
@@ -264,25 +277,19 @@ async def test_a_cancelled_reply_plays_what_was_generated_until_cleared(tmp_path
     """``response.cancel`` stops generation, not playback: the audio generated so far
     plays on and ends with ``stopped``, unless ``output_audio_buffer.clear`` cuts it,
     which is answered with ``cleared``."""
-    (tmp_path / "on-hold.yaml").write_text(ON_HOLD, encoding="utf-8")
-    with fast_emulator(time_scale=0.2, scenario_dirs=[tmp_path]) as emu:
-        async with sdk(emu) as client:
-            call_id = await place_and_accept(emu, client, "on-hold")
-            async with attached(emu, call_id) as ws:
-                frames = Frames(ws)
-                await frames.until("session.created")
-                speak = {"instructions": f'Say "{LONG_LINE}"'}
-                endings = []
-                for clear in (False, True):
-                    await frames.send(type="response.create", response=speak)
-                    await frames.until("response.output_audio_transcript.delta")
-                    await frames.send(type="response.cancel")
-                    done = (await frames.until("response.done"))[-1]["response"]
-                    if clear:
-                        await frames.send(type="output_audio_buffer.clear")
-                    ending = await frames.next()
-                    endings.append((done, ending))
-                await client.realtime.calls.hangup(call_id)
+    async with on_hold_call(tmp_path) as (_, client, call_id, frames):
+        speak = {"instructions": f'Say "{LONG_LINE}"'}
+        endings = []
+        for clear in (False, True):
+            await frames.send(type="response.create", response=speak)
+            await frames.until("response.output_audio_transcript.delta")
+            await frames.send(type="response.cancel")
+            done = (await frames.until("response.done"))[-1]["response"]
+            if clear:
+                await frames.send(type="output_audio_buffer.clear")
+            ending = await frames.next()
+            endings.append((done, ending))
+        await client.realtime.calls.hangup(call_id)
     for (done, ending), expected in zip(endings, ("stopped", "cleared"), strict=True):
         assert done["status"] == "cancelled"
         transcript = done["output"][0]["content"][0]["transcript"]

@@ -60,10 +60,10 @@ INTERRUPTED = "interrupted by a failover; not applied again"
 """The outcome of a command a previous worker started applying and never finished."""
 
 ClosedReason = Literal["caller", "gone", "drop", "error"]
-"""How the sideband closed: the caller hung up, the API had no such call when the
-session first attached (``gone``: the caller left before it started), a drop, an error."""
-"""``caller``: the call is over (the caller hung up); ``drop``: the socket was lost and
-will be re-attached; ``error``: the session failed and cannot go on."""
+"""How the sideband closed. ``caller``: the call is over (the caller hung up); ``gone``:
+the API had no such call when the session first attached (the caller left before it
+started); ``drop``: the socket was lost and will be re-attached; ``error``: the session
+failed and cannot go on."""
 
 
 class SessionProtocol:
